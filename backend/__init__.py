@@ -1,0 +1,25 @@
+"""softras-blender's backend: a differentiable Soft Rasterizer and the mesh fitter on top.
+
+The heavy modules (torch, CuPy) load on first use, so the torch-free parts
+(`backend.camera`, `backend.protocol`) can be imported from Blender's own Python.
+
+    from backend import render, RenderSettings, Cameras
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "render": "backend.renderer",
+    "render_silhouette": "backend.renderer",
+    "RenderSettings": "backend.renderer",
+    "Lighting": "backend.renderer",
+    "Cameras": "backend.renderer",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'backend' has no attribute {name!r}")
