@@ -1,0 +1,174 @@
+"""Which Python runs the backend, and how the add-on builds its managed environment.
+
+Standard library only (no bpy): the preferences and operators call these with
+values read from Blender, and the tests call them directly.
+
+The backend needs torch (and, on NVIDIA GPUs, CuPy), which Blender's own Python
+lacks. Where the backend runs is the user's choice in the preferences:
+- "AUTO": Blender's own Python when it can import torch, else the managed environment;
+- "BLENDER": Blender's own Python;
+- "MANAGED": a virtual environment in the add-on's user folder, created by the
+  "Install backend" button (torch, numpy, scikit-image, and CuPy for the CUDA
+  version `nvidia-smi` reports);
+- "CUSTOM": any command line that starts a Python with those packages
+  (``/opt/envs/softras/bin/python``, ``conda run -n softras python``).
+
+The packages come from the ``backend`` extra in pyproject.toml, the one place
+they are declared: build.py copies that list into the add-on's zip as
+`REQUIREMENTS_FILE`; a source checkout reads pyproject.toml directly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+BACKEND_MODES = ("AUTO", "BLENDER", "MANAGED", "CUSTOM")
+REQUIREMENTS_FILE = "backend_requirements.txt"
+VENV_FOLDER = "backend-venv"
+# PyTorch's CPU-only wheels (no CUDA libraries: a tenth of the download).
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# CuPy publishes one wheel per CUDA major version.
+CUPY_PACKAGES = {11: "cupy-cuda11x", 12: "cupy-cuda12x", 13: "cupy-cuda13x"}
+
+
+def python_has_torch() -> bool:
+    """True when the Python running this code (Blender's own) can import torch."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def venv_python(venv_dir: str | os.PathLike) -> Path:
+    """The interpreter inside a virtual environment folder."""
+    venv_dir = Path(venv_dir)
+    if os.name == "nt":
+        return venv_dir / "Scripts" / "python.exe"
+    return venv_dir / "bin" / "python"
+
+
+def backend_python(mode: str, custom_command: str, user_dir: str | os.PathLike,
+                   blender_python: str = sys.executable,
+                   blender_has_torch: bool | None = None) -> list[str]:
+    """The command (argv) that starts the Python which runs the backend.
+
+    mode: one of `BACKEND_MODES`; custom_command: the command line for "CUSTOM"
+    (split like a shell would); user_dir: the add-on's writable folder holding
+    the managed environment. Raises ValueError saying what to set up when the
+    chosen Python is not there.
+    """
+    mode = mode.upper()
+    if mode not in BACKEND_MODES:
+        raise ValueError(f"backend mode must be one of {BACKEND_MODES}, got {mode!r}")
+    if blender_has_torch is None:
+        blender_has_torch = python_has_torch()
+    managed = venv_python(Path(user_dir) / VENV_FOLDER)
+    if mode == "CUSTOM":
+        argv = shlex.split(custom_command, posix=os.name != "nt")
+        if not argv:
+            raise ValueError("the backend command is empty: enter the path of a Python with "
+                             "torch in the add-on's preferences, or pick another backend")
+        return argv
+    if mode == "BLENDER" or (mode == "AUTO" and blender_has_torch):
+        return [blender_python]
+    if not managed.is_file():
+        raise ValueError(
+            "the backend needs a Python with torch: Blender's own Python has none and the "
+            f"managed environment ({managed.parent.parent}) does not exist yet; press "
+            "'Install Backend' in the add-on's preferences, or set a custom backend command"
+        )
+    return [str(managed)]
+
+
+def cuda_version(nvidia_smi_output: str) -> tuple[int, int] | None:
+    """The driver's CUDA version from ``nvidia-smi`` output, e.g. (12, 4); None if absent."""
+    match = re.search(r"CUDA Version:\s*(\d+)\.(\d+)", nvidia_smi_output)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def detect_cuda(timeout: float = 10.0) -> tuple[int, int] | None:
+    """Ask ``nvidia-smi`` for the CUDA version; None when there is no NVIDIA driver."""
+    try:
+        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=timeout,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return cuda_version(out.stdout) if out.returncode == 0 else None
+
+
+def cupy_package(cuda: tuple[int, int]) -> str:
+    """The CuPy wheel for a CUDA version (major, minor)."""
+    if cuda[0] not in CUPY_PACKAGES:
+        raise ValueError(
+            f"CUDA {cuda[0]}.{cuda[1]} has no CuPy wheel (supported majors: "
+            f"{sorted(CUPY_PACKAGES)}): update the NVIDIA driver, or use the CPU device"
+        )
+    return CUPY_PACKAGES[cuda[0]]
+
+
+def parse_requirements(text: str) -> list[str]:
+    """Requirement lines of a requirements file (comments and blanks dropped)."""
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def read_requirements(addon_dir: str | os.PathLike) -> list[str]:
+    """The backend's packages: `REQUIREMENTS_FILE` in a built add-on, or the
+    ``backend`` extra of pyproject.toml beside a source checkout's add-on folder."""
+    addon_dir = Path(addon_dir)
+    shipped = addon_dir / REQUIREMENTS_FILE
+    if shipped.is_file():
+        return parse_requirements(shipped.read_text(encoding="utf-8"))
+    pyproject = addon_dir.parent / "pyproject.toml"
+    if pyproject.is_file():
+        return pyproject_requirements(pyproject)
+    raise ValueError(
+        f"the add-on at {addon_dir} lists no backend packages (no {REQUIREMENTS_FILE}): "
+        "reinstall it from a zip made by build.py"
+    )
+
+
+def pyproject_requirements(pyproject: str | os.PathLike, extra: str = "backend") -> list[str]:
+    """The requirements of one optional-dependency extra in a pyproject.toml."""
+    import tomllib
+
+    data = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))
+    extras = data.get("project", {}).get("optional-dependencies", {})
+    if extra not in extras:
+        raise ValueError(f"{pyproject} has no [project.optional-dependencies] {extra!r} list")
+    return list(extras[extra])
+
+
+def install_steps(base_python: str, venv_dir: str | os.PathLike, requirements: list[str],
+                  cuda: tuple[int, int] | None) -> list[tuple[str, list[str]]]:
+    """The commands that build the managed environment, as (label, argv) pairs.
+
+    base_python: the interpreter that creates the venv (Blender's own Python);
+    requirements: the backend's packages (`read_requirements`); cuda: the
+    detected CUDA version, or None for a CPU-only machine, which then gets
+    PyTorch's CPU wheels and no CuPy.
+    """
+    py = str(venv_python(venv_dir))
+    pip = [py, "-m", "pip", "install", "--upgrade", "--disable-pip-version-check"]
+    torch = [r for r in requirements if re.match(r"torch\b", r)]
+    others = [r for r in requirements if r not in torch]
+    steps = [
+        ("Create the environment", [base_python, "-m", "venv", str(venv_dir)]),
+        ("Update pip", [py, "-m", "pip", "install", "--upgrade", "pip"]),
+    ]
+    if torch:
+        index = [] if cuda else ["--index-url", TORCH_CPU_INDEX]
+        label = "Install PyTorch" + ("" if cuda else " (CPU build)")
+        steps.append((label, pip + index + torch))
+    if others:
+        steps.append(("Install " + ", ".join(_name(r) for r in others), pip + others))
+    if cuda:
+        steps.append((f"Install CuPy for CUDA {cuda[0]}.{cuda[1]}", pip + [cupy_package(cuda)]))
+    return steps
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]

@@ -1,0 +1,90 @@
+"""Shared fixtures: small meshes and cameras, and the CUDA kernels on CPU or GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from backend.camera import blender_camera, orbit_cameras
+from backend.renderer import Cameras
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def has_cuda() -> bool:
+    from backend.raster_cuda import cuda_available
+
+    return cuda_available()[0]
+
+
+def load_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (V, 3) float64 and triangle faces (F, 3) int64 of a triangulated OBJ."""
+    verts, faces = [], []
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "v":
+            verts.append([float(x) for x in parts[1:4]])
+        elif parts[0] == "f":
+            faces.append([int(p.split("/")[0]) - 1 for p in parts[1:4]])
+    return np.array(verts), np.array(faces, dtype=np.int64)
+
+
+def icosphere(subdivisions: int = 2, radius: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A unit icosphere: vertices (V, 3) float64, faces (F, 3) int64, outward CCW."""
+    t = (1.0 + 5 ** 0.5) / 2.0
+    verts = [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t],
+             [0, -1, -t], [0, 1, -t], [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]]
+    faces = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
+             [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8],
+             [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]]
+    verts = [np.array(v, dtype=np.float64) / np.linalg.norm(v) for v in verts]
+    for _ in range(subdivisions):
+        cache, new_faces = {}, []
+
+        def midpoint(i, j):
+            key = (min(i, j), max(i, j))
+            if key not in cache:
+                m = verts[i] + verts[j]
+                verts.append(m / np.linalg.norm(m))
+                cache[key] = len(verts) - 1
+            return cache[key]
+
+        for a, b, c in faces:
+            ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
+            new_faces += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
+        faces = new_faces
+    return (torch.tensor(np.array(verts) * radius, dtype=torch.float64),
+            torch.tensor(faces, dtype=torch.int64))
+
+
+def make_cameras(count=4, width=64, height=48, distance=4.0, dtype=torch.float64,
+                 orthographic=False, **kwargs) -> Cameras:
+    """``count`` cameras on a ring at 20 degrees elevation looking at the origin."""
+    mats = orbit_cameras(count, [20.0], distance, azimuth_offset_deg=10.0)
+    cams = [blender_camera(matrix_world=m, resolution_x=width, resolution_y=height,
+                           camera_type="ORTHO" if orthographic else "PERSP", ortho_scale=3.0,
+                           **kwargs) for m in mats]
+    return Cameras.from_matrices(cams, dtype=dtype)
+
+
+@pytest.fixture(scope="session")
+def emulated_cuda():
+    """backend.raster_cuda with its kernels compiled for the host (see cuda_emulation.py)."""
+    from cuda_emulation import build_library, compiler, make_run_kernel
+
+    if compiler() is None:
+        pytest.skip("no C++ compiler to build the host emulation of the CUDA kernels")
+    import backend.raster_cuda as raster_cuda
+
+    run = make_run_kernel(build_library())
+    patch = pytest.MonkeyPatch()
+    patch.setattr(raster_cuda, "run_kernel", run)
+    patch.setattr(raster_cuda, "cuda_available", lambda: (True, ""))
+    yield raster_cuda
+    patch.undo()
