@@ -7,7 +7,8 @@ Conventions (OpenCV-like, what the rasterizer consumes):
 - camera coordinates: x right, y down, z forward (the view depth, > 0 in front);
 - pixel coordinates: u right, v down from the image's top-left corner, pixel i's
   centre at i + 0.5;
-- perspective: ``[u, v, 1] ~ K @ X_cam``; orthographic: ``[u, v] = K[:2, :2] @ X_cam[:2] + K[:2, 2]``.
+- perspective: ``[u, v, 1] ~ K @ X_cam``;
+  orthographic: ``[u, v] = K[:2, :2] @ X_cam[:2] + K[:2, 2]``.
 
 Blender's camera looks down -Z with +Y up, so ``X_cam = diag(1, -1, -1) @ M @ X_world``
 with ``M = matrix_world.normalized().inverted()`` (object scale ignored).
@@ -128,7 +129,12 @@ def blender_camera(
     cy = height / 2.0 + shift_y * viewfac / ycor
     intrinsics = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
-    world = np.array(matrix_world, dtype=np.float64).reshape(4, 4)
+    world = np.array(matrix_world, dtype=np.float64)
+    if world.size != 16:
+        raise ValueError(
+            f"matrix_world must be the camera's 4x4 world matrix, got shape {world.shape}"
+        )
+    world = world.reshape(4, 4)
     if not np.all(np.isfinite(world)):
         raise ValueError("the camera's world matrix has NaN or infinite entries")
     rotation = world[:3, :3]

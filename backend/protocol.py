@@ -133,8 +133,13 @@ def write_frame(stream: BinaryIO, message: dict) -> int:
     Array buffers are written straight from memory (no copy into one big buffer).
     Returns the number of bytes written.
     """
+    return write_chunks(stream, frame_chunks(message))
+
+
+def write_chunks(stream: BinaryIO, chunks: list) -> int:
+    """Write a frame already encoded by `frame_chunks`, then flush; returns its size."""
     total = 0
-    for chunk in frame_chunks(message):
+    for chunk in chunks:
         view = memoryview(chunk)
         while len(view):
             n = stream.write(view)

@@ -37,24 +37,26 @@ def rasterize_cpu(
     dtype, device = face_screen.dtype, face_screen.device
     n_pixels = B * height * width
 
+    # Candidate pairs from the boxes, then the exact cutoff test without autograd:
+    # D >= cutoff  <=>  inside or d^2 < sigma * ln(1/cutoff - 1), the only culling.
+    corners = face_screen.reshape(B * F, 3, 3)
     boxes = pixel_boxes(face_screen, settings.cutoff_distance, width, height).reshape(B * F, 4)
     valid_faces = face_valid.reshape(-1).nonzero()[:, 0]
     owner, px, py = enumerate_cells(boxes[valid_faces])
     pair_face = valid_faces[owner]  # index into the flattened (B * F) faces
+    with torch.no_grad():
+        d2, edge = distance_and_edges(px, py, corners.detach().index_select(0, pair_face))
+        inside = ((edge * edge.sum(dim=-1, keepdim=True)) > 0).all(dim=-1)
+        keep = (inside | (d2 < settings.sigma * math.log(1.0 / settings.cutoff - 1.0)))
+        keep = keep.nonzero()[:, 0]
+    pair_face, px, py, inside = pair_face[keep], px[keep], py[keep], inside[keep]
     camera = pair_face // F
-    tri = face_screen.reshape(B * F, 3, 3)[pair_face]  # (P, 3, 3)
-    p = torch.stack([px, py], dim=-1).to(dtype) + 0.5  # pixel centres (P, 2)
+    pixel = (camera * height + py) * width + px
 
-    d2 = squared_distance_to_triangle(p, tri[..., :2])
-    edge = edge_functions(p, tri[..., :2])  # (P, 3), un-normalised barycentrics
+    # The kept pairs again, now differentiable.
+    tri = corners.index_select(0, pair_face)  # (P, 3, 3)
+    d2, edge = distance_and_edges(px, py, tri)
     area2 = edge.sum(dim=-1)
-    inside = ((edge * area2[:, None]) > 0).all(dim=-1)
-    # D >= cutoff  <=>  inside or d^2 < sigma * ln(1/cutoff - 1): the only culling.
-    keep = inside | (d2.detach() < settings.sigma * math.log(1.0 / settings.cutoff - 1.0))
-    d2, edge, area2, inside = d2[keep], edge[keep], area2[keep], inside[keep]
-    tri, camera, pair_face = tri[keep], camera[keep], pair_face[keep]
-    pixel = (camera * height + py[keep]) * width + px[keep]
-
     x = torch.where(inside, d2, -d2) / settings.sigma
     prob = torch.sigmoid(x)  # D_j
     log_transparency = torch.zeros(n_pixels, dtype=dtype, device=device).index_add(
@@ -73,7 +75,7 @@ def rasterize_cpu(
     beta = over_z / inv_depth_sum[:, None]
     depth = torch.where(ortho, (bary * z).sum(dim=-1), 1.0 / inv_depth_sum)
     znorm = (settings.far - depth) / (settings.far - settings.near)  # nearer = larger
-    color = (beta[..., None] * face_colors.reshape(B * F, 3, 3)[pair_face]).sum(dim=-2)
+    color = (beta[..., None] * face_colors.reshape(B * F, 3, 3).index_select(0, pair_face)).sum(-2)
 
     # Softmax over faces and the background, stabilised by the per-pixel maximum M.
     score = znorm / settings.gamma
@@ -92,33 +94,32 @@ def rasterize_cpu(
     return torch.cat([rgb, alpha[:, None]], dim=-1).reshape(B, height, width, 4)
 
 
-def edge_functions(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-    """Un-normalised barycentrics (P, 3): E_k = edge function of the edge opposite k.
+def distance_and_edges(px: torch.Tensor, py: torch.Tensor, tri: torch.Tensor):
+    """Squared distance to the triangle's edges and the edge functions at pixel centres.
 
-    p: (P, 2) points; tri: (P, 3, 2) corners. ``E.sum(-1)`` is twice the signed area,
-    and ``E / E.sum(-1)`` are the barycentric coordinates of p.
+    px, py: (P,) integer pixel indices (centres at +0.5); tri: (P, 3, >=2) corners.
+    Returns d2 (P,) and E (P, 3), E_k the edge function of the edge opposite corner k
+    (``E.sum(-1)`` is twice the signed area; ``E / E.sum(-1)`` the barycentrics).
+    The distance is the smaller of the distances to the corners and, where the foot
+    of the perpendicular falls inside an edge, to that edge's line.
     """
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-
-    def edge(s, t):
-        return (t[:, 0] - s[:, 0]) * (p[:, 1] - s[:, 1]) - (t[:, 1] - s[:, 1]) * (p[:, 0] - s[:, 0])
-
-    return torch.stack([edge(b, c), edge(c, a), edge(a, b)], dim=-1)
+    x, y = tri[..., 0], tri[..., 1]  # (P, 3)
+    rel_x = (px.to(x.dtype) + 0.5)[:, None] - x
+    rel_y = (py.to(x.dtype) + 0.5)[:, None] - y
+    # Edge k runs from corner k to corner k + 1, opposite corner k + 2.
+    dir_x = x.roll(-1, dims=1) - x
+    dir_y = y.roll(-1, dims=1) - y
+    cross = dir_x * rel_y - dir_y * rel_x  # E of edge k
+    length2 = (dir_x * dir_x + dir_y * dir_y).clamp_min(1e-20)
+    along = (rel_x * dir_x + rel_y * dir_y) / length2
+    corner_d2 = (rel_x * rel_x + rel_y * rel_y).amin(dim=-1)
+    line_d2 = torch.where((along > 0) & (along < 1), cross * cross / length2,
+                          torch.full_like(cross, math.inf))
+    d2 = torch.minimum(corner_d2, line_d2.amin(dim=-1))
+    return d2, cross.roll(-1, dims=1)
 
 
 def clamped_barycentrics(edge: torch.Tensor, area2: torch.Tensor) -> torch.Tensor:
     """Barycentrics clamped to [0, 1] and renormalised to sum to 1, (P, 3)."""
     clamped = (edge / area2[:, None]).clamp_min(0.0)
     return clamped / clamped.sum(dim=-1, keepdim=True)
-
-
-def squared_distance_to_triangle(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-    """Squared distance (P,) from points p (P, 2) to the edges of triangles (P, 3, 2)."""
-    start = tri
-    end = tri.roll(-1, dims=1)
-    seg = end - start  # (P, 3, 2)
-    rel = p[:, None, :] - start
-    length2 = (seg * seg).sum(dim=-1)
-    t = ((rel * seg).sum(dim=-1) / length2.clamp_min(1e-20)).clamp(0.0, 1.0)
-    diff = rel - t[..., None] * seg
-    return (diff * diff).sum(dim=-1).amin(dim=-1)

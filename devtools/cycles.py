@@ -333,7 +333,8 @@ def render_rgba(scene, camera=None) -> np.ndarray:
     camera: the camera object to render through (default: ``scene.camera``).
     Colours are linear light as Cycles writes them to OpenEXR (no view transform);
     alpha is the film's coverage. The image is written to a temporary EXR and read
-    back, because Blender's 'Render Result' has no readable pixels.
+    back, because Blender's 'Render Result' has no readable pixels; this sets the
+    scene's output format and path.
     """
     if camera is not None:
         scene.camera = camera

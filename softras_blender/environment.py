@@ -172,3 +172,104 @@ def install_steps(base_python: str, venv_dir: str | os.PathLike, requirements: l
 
 def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
+
+
+class StepRunner:
+    """Runs (label, argv) steps one after another without blocking, logging to a file.
+
+    The preferences' install operator calls `poll` from a timer; `run_to_end`
+    does the same synchronously (background mode). Each step's output is
+    appended to ``log_path``.
+    """
+
+    def __init__(self, steps: list[tuple[str, list[str]]], log_path: str | os.PathLike,
+                 env: dict | None = None):
+        self.steps = list(steps)
+        self.log_path = Path(log_path)
+        self.env = env
+        self.index = -1  # the step running now
+        self.returncode: int | None = None  # of the whole run, once finished
+        self._process: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def label(self) -> str:
+        if 0 <= self.index < len(self.steps):
+            return self.steps[self.index][0]
+        return "Done" if self.returncode == 0 else "Not running"
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the steps finished, in [0, 1]."""
+        if not self.steps:
+            return 1.0
+        return max(0, self.index) / len(self.steps) if self.returncode is None else 1.0
+
+    @property
+    def finished(self) -> bool:
+        return self.returncode is not None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed in _end
+        self._next()
+
+    def poll(self) -> bool:
+        """Advance if the current step ended; True once every step is done or one failed."""
+        if self.finished:
+            return True
+        code = self._process.poll()
+        if code is None:
+            return False
+        if code != 0:
+            self._end(code, f"'{self.label}' failed with exit code {code}")
+            return True
+        self._next()
+        return self.finished
+
+    def run_to_end(self, interval: float = 0.2) -> int:
+        import time
+
+        if self._process is None and not self.finished:
+            self.start()
+        while not self.poll():
+            time.sleep(interval)
+        return self.returncode
+
+    def cancel(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+        if not self.finished:
+            self._end(-1, "cancelled")
+
+    def log_tail(self, lines: int = 8) -> list[str]:
+        """The last lines of the log (for the preferences panel)."""
+        if not self.log_path.is_file():
+            return []
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip() for line in f.readlines()[-lines:]]
+
+    def _next(self) -> None:
+        self.index += 1
+        if self.index >= len(self.steps):
+            self._end(0, "all steps finished")
+            return
+        label, argv = self.steps[self.index]
+        self._log.write(f"=== {label}: {shlex.join(argv)}\n")
+        self._log.flush()
+        try:
+            self._process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                             stdin=subprocess.DEVNULL, env=self.env)
+        except OSError as exc:
+            self._end(-1, f"'{label}' could not start: {exc}")
+
+    def _end(self, code: int, message: str) -> None:
+        self.returncode = code
+        if self._log is not None:
+            self._log.write(f"=== {message}\n")
+            self._log.close()
+            self._log = None

@@ -1,0 +1,96 @@
+"""The "SoftRas" tab in the 3D Viewport's sidebar."""
+
+from __future__ import annotations
+
+import bpy
+from bpy.types import Panel
+
+
+class SoftRasPanelMixin:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "SoftRas"
+
+
+class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
+    bl_label = "Fit to Images"
+    bl_idname = "SOFTRAS_PT_fit"
+
+    def draw(self, context):
+        from . import operators
+
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        settings = context.scene.softras
+        session = operators.running_session()
+
+        col = layout.column()
+        col.enabled = session is None
+        col.prop(settings, "mesh_source")
+        if settings.mesh_source == "OBJECT":
+            col.prop(settings, "target_object")
+        elif settings.mesh_source == "ACTIVE":
+            obj = context.active_object
+            if obj is None or obj.type != "MESH":
+                col.label(text="The active object is not a mesh", icon="ERROR")
+            else:
+                col.label(text=obj.name, icon="MESH_DATA")
+        col.separator()
+        col.prop(settings, "camera_source")
+        if settings.camera_source == "COLLECTION":
+            col.prop(settings, "camera_collection")
+        col.prop(settings, "image_source")
+        if settings.image_source == "FOLDER":
+            col.prop(settings, "image_folder")
+
+        layout.separator()
+        if session is not None:
+            layout.progress(factor=session.progress, type="BAR", text=session.progress_text)
+            if session.mean_iou is not None:
+                layout.label(text=f"Mean IoU: {session.mean_iou:.3f}")
+            for name, value in session.losses.items():
+                layout.label(text=f"{name}: {value:.4g}")
+            layout.operator(operators.SOFTRAS_OT_cancel_fit.bl_idname, icon="CANCEL")
+        else:
+            row = layout.row()
+            row.scale_y = 1.5
+            row.operator(operators.SOFTRAS_OT_fit.bl_idname, icon="MOD_SHRINKWRAP")
+            for line in operators.last_status():
+                layout.label(text=line)
+
+
+class SOFTRAS_PT_fit_options(SoftRasPanelMixin, Panel):
+    bl_label = "Options"
+    bl_idname = "SOFTRAS_PT_fit_options"
+    bl_parent_id = "SOFTRAS_PT_fit"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        from . import operators
+
+        layout = self.layout
+        layout.use_property_split = True
+        layout.use_property_decorate = False
+        settings = context.scene.softras
+        layout.enabled = operators.running_session() is None
+        col = layout.column()
+        col.prop(settings, "iterations")
+        col.prop(settings, "resolution")
+        col.prop(settings, "sharpness")
+        col.prop(settings, "smoothness")
+        col.prop(settings, "fit_colors")
+        col.prop(settings, "held_out_every")
+
+
+classes = (SOFTRAS_PT_fit, SOFTRAS_PT_fit_options)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,104 @@
+"""The fit's settings, saved with the scene (``scene.softras``).
+
+The live status of a running fit is plain Python state in `operators`, so it is
+never saved into a .blend file nor touched by undo.
+"""
+
+from __future__ import annotations
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+from bpy.types import PropertyGroup
+
+from . import fit_options
+
+
+def _is_mesh(_self, obj) -> bool:
+    return obj.type == "MESH"
+
+
+class SoftRasSettings(PropertyGroup):
+    """``scene.softras``: what to fit and how."""
+
+    mesh_source: EnumProperty(
+        name="Start From",
+        description="The mesh that is deformed to match the images",
+        items=(
+            ("ACTIVE", "Active Object", "The active mesh object"),
+            ("OBJECT", "Object", "A chosen mesh object"),
+            ("HULL", "Visual Hull",
+             "No mesh: start from the silhouettes' visual hull (makes a new object)"),
+        ),
+        default="ACTIVE",
+    )
+    target_object: PointerProperty(name="Object", type=bpy.types.Object, poll=_is_mesh,
+                                   description="The mesh object to fit")
+    camera_source: EnumProperty(
+        name="Cameras",
+        items=(
+            ("ALL", "All With Images", "Every camera in the scene that has a reference image"),
+            ("COLLECTION", "Collection", "The cameras in a collection"),
+        ),
+        default="ALL",
+    )
+    camera_collection: PointerProperty(name="Collection", type=bpy.types.Collection,
+                                       description="The collection holding the cameras")
+    image_source: EnumProperty(
+        name="Images",
+        description="Where each camera's reference image comes from (its alpha is the "
+                    "silhouette)",
+        items=(
+            ("BACKGROUND", "Background Images", "Each camera's background image"),
+            ("FOLDER", "Folder", "A folder with one image per camera, named after the camera"),
+        ),
+        default="BACKGROUND",
+    )
+    image_folder: StringProperty(name="Folder", subtype="DIR_PATH",
+                                 description="Folder with <camera name>.png (or .exr, ...)")
+    iterations: IntProperty(name="Iterations", default=fit_options.DEFAULT_ITERATIONS,
+                            min=1, soft_max=5000, max=100000,
+                            description="Optimisation steps")
+    resolution: IntProperty(
+        name="Resolution", default=fit_options.DEFAULT_RESOLUTION, min=0, soft_max=1024,
+        subtype="PIXEL",
+        description="Longest image side the fit works at (images are scaled down to it); "
+                    "0 fits at the full render resolution")
+    sharpness: EnumProperty(
+        name="Sharpness",
+        description="How soft the silhouette edges start and end (soft fits coarse shapes "
+                    "robustly, sharp recovers detail)",
+        items=[(key, preset.label, preset.description)
+               for key, preset in fit_options.SHARPNESS_PRESETS.items()],
+        default=fit_options.DEFAULT_SHARPNESS,
+    )
+    fit_colors: BoolProperty(name="Fit Colours", default=False,
+                             description="Also fit per-vertex colours to the images' colours "
+                                         "(stored in the 'SoftRas Color' attribute)")
+    smoothness: FloatProperty(name="Smoothness", default=1.0, min=0.0, soft_max=10.0,
+                              description="Weight of the smoothing terms (Laplacian, flatness); "
+                                          "higher keeps the surface smoother")
+    held_out_every: IntProperty(
+        name="Hold Out Every", default=0, min=0, soft_max=10,
+        description="Hold out every n-th camera: never fitted, only measured (0: none)")
+
+
+classes = (SoftRasSettings,)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.softras = PointerProperty(type=SoftRasSettings)
+
+
+def unregister():
+    del bpy.types.Scene.softras
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,223 @@
+"""Blender data -> the plain data the backend fits: mesh arrays, cameras, target images.
+
+Only reads Blender data; everything computed from it lives in bpy-free modules
+(`silhouettes`, `backend.camera`). All positions are in world space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from . import silhouettes
+from .backend import camera as camera_model
+
+IMAGE_EXTENSIONS = (".png", ".exr", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp", ".tga")
+# Byte images in these colour spaces hold linear values already.
+LINEAR_BYTE_SPACES = ("Non-Color", "Linear Rec.709", "Linear", "Raw")
+
+
+class ExportError(ValueError):
+    """The scene cannot be fitted as it is; the message says what to change."""
+
+
+@dataclass
+class ExportedView:
+    """One camera and its reference image, as the backend wants them."""
+
+    name: str
+    camera: camera_model.CameraMatrices
+    image: np.ndarray  # (H, W, 4) float32, row 0 at the top, linear straight-alpha RGBA
+    held_out: bool = False
+
+    def to_wire(self) -> dict:
+        return {"name": self.name, "camera": self.camera.to_dict(), "image": self.image,
+                "held_out": self.held_out}
+
+
+def mesh_arrays(obj) -> tuple[np.ndarray, np.ndarray]:
+    """World-space vertices (V, 3) float32 and triangles (F, 3) int32 of a mesh object.
+
+    Reads the mesh data itself (modifiers are not applied, so the fitted positions
+    map one to one onto the object's vertices); polygons are split into Blender's
+    own loop triangles.
+    """
+    if obj is None or obj.type != "MESH":
+        kind = "nothing" if obj is None else f"a {obj.type.lower()} object"
+        name = "" if obj is None else f" ({obj.name!r})"
+        raise ExportError(f"the object to fit{name} is {kind}, not a mesh: pick a mesh object, "
+                          "or choose 'Visual Hull' to start from the silhouettes")
+    mesh = obj.data
+    if len(mesh.vertices) < 4 or len(mesh.polygons) == 0:
+        raise ExportError(f"the mesh of {obj.name!r} has {len(mesh.vertices)} vertices and "
+                          f"{len(mesh.polygons)} faces: it needs a closed surface to fit")
+    co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+    mesh.vertices.foreach_get("co", co)
+    world = np.array(obj.matrix_world, dtype=np.float64)
+    vertices = co.reshape(-1, 3).astype(np.float64) @ world[:3, :3].T + world[:3, 3]
+    mesh.calc_loop_triangles()
+    faces = np.empty(len(mesh.loop_triangles) * 3, dtype=np.int32)
+    mesh.loop_triangles.foreach_get("vertices", faces)
+    return vertices.astype(np.float32), faces.reshape(-1, 3)
+
+
+def camera_matrices(scene, cam_obj) -> camera_model.CameraMatrices:
+    """The rasterizer's camera for a camera object and the scene's render settings."""
+    render, data = scene.render, cam_obj.data
+    if render.use_border and render.use_crop_to_border:
+        raise ExportError("the scene renders a cropped region: turn off 'Crop to Render Region' "
+                          "so the reference images show the full camera frame")
+    try:
+        return camera_model.blender_camera(
+            matrix_world=[list(row) for row in cam_obj.matrix_world],
+            resolution_x=render.resolution_x,
+            resolution_y=render.resolution_y,
+            resolution_percentage=render.resolution_percentage,
+            lens=data.lens,
+            sensor_width=data.sensor_width,
+            sensor_height=data.sensor_height,
+            sensor_fit=data.sensor_fit,
+            shift_x=data.shift_x,
+            shift_y=data.shift_y,
+            pixel_aspect_x=render.pixel_aspect_x,
+            pixel_aspect_y=render.pixel_aspect_y,
+            camera_type=data.type,
+            ortho_scale=data.ortho_scale,
+        )
+    except ValueError as exc:
+        raise ExportError(f"camera {cam_obj.name!r}: {exc}") from exc
+
+
+def background_image(cam_obj):
+    """The camera's first shown background image slot that holds an image, or None."""
+    for slot in cam_obj.data.background_images:
+        if slot.source == "IMAGE" and slot.image is not None and slot.show_background_image:
+            return slot
+    return None
+
+
+def folder_image_path(folder: str, name: str) -> Path | None:
+    """``folder/<name>.<ext>`` for the first known image extension that exists."""
+    base = Path(bpy.path.abspath(folder))
+    for ext in IMAGE_EXTENSIONS:
+        for candidate in (base / (name + ext), base / (name + ext.upper())):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def scene_cameras(scene, source: str, collection=None, image_source: str = "BACKGROUND",
+                  folder: str = "") -> list:
+    """The cameras to fit, sorted by name.
+
+    source "ALL": every camera in the scene that has a reference image (a background
+    image, or a file in ``folder`` named after it); "COLLECTION": every camera in
+    ``collection`` (and its children), each of which must have an image.
+    """
+    if source == "COLLECTION":
+        if collection is None:
+            raise ExportError("no camera collection chosen: pick one, or use all cameras")
+        cameras = [o for o in collection.all_objects if o.type == "CAMERA"]
+        if not cameras:
+            raise ExportError(f"the collection {collection.name!r} holds no cameras")
+        return sorted(cameras, key=lambda o: o.name)
+    cameras = [o for o in scene.objects if o.type == "CAMERA"]
+    if image_source == "FOLDER":
+        chosen = [o for o in cameras if folder_image_path(folder, o.name) is not None]
+        where = f"an image named after it in {bpy.path.abspath(folder) or '(no folder set)'}"
+    else:
+        chosen = [o for o in cameras if background_image(o) is not None]
+        where = "a background image"
+    if not chosen:
+        raise ExportError(f"none of the scene's {len(cameras)} cameras has {where}: add "
+                          "reference images to the cameras first")
+    return sorted(chosen, key=lambda o: o.name)
+
+
+def image_pixels(image) -> np.ndarray:
+    """A Blender image's pixels as (h, w, 4) float32, row 0 at the BOTTOM, as stored."""
+    if not image.has_data:
+        image.reload()
+    width, height = image.size
+    if width == 0 or height == 0:
+        path = bpy.path.abspath(image.filepath) if image.filepath else "(packed or generated)"
+        raise ExportError(f"image {image.name!r} has no pixels: its file {path} is missing or "
+                          "unreadable")
+    pixels = np.empty(width * height * 4, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    return pixels.reshape(height, width, 4)
+
+
+def _decoding(image) -> dict:
+    """How to read ``image.pixels``: float buffers are linear and premultiplied,
+    byte buffers keep the file's encoding with straight alpha."""
+    if image.is_float:
+        return {"srgb": False, "premultiplied": True}
+    space = image.colorspace_settings.name
+    if space == "sRGB":
+        return {"srgb": True, "premultiplied": False}
+    if space in LINEAR_BYTE_SPACES:
+        return {"srgb": False, "premultiplied": False}
+    raise ExportError(f"image {image.name!r} uses the colour space {space!r}: set it to sRGB "
+                      "or Non-Color in the Image Editor's sidebar")
+
+
+def view_for_camera(scene, cam_obj, image_source: str, folder: str = "",
+                    held_out: bool = False) -> ExportedView:
+    """Camera matrices and the target image of one camera.
+
+    image_source "BACKGROUND": the camera's background image, placed in the frame as
+    the viewport draws it (frame method, offset, scale, rotation, flips);
+    "FOLDER": ``folder/<camera name>.<ext>``, which must have the render's aspect.
+    """
+    cam = camera_matrices(scene, cam_obj)
+    render = scene.render
+    framing = {
+        "pixel_aspect": (render.pixel_aspect_x, render.pixel_aspect_y),
+        "sensor_fit": cam_obj.data.sensor_fit,
+    }
+    if image_source == "FOLDER":
+        path = folder_image_path(folder, cam_obj.name)
+        if path is None:
+            raise ExportError(f"camera {cam_obj.name!r} has no image in "
+                              f"{bpy.path.abspath(folder) or '(no folder set)'}: expected a "
+                              f"file named {cam_obj.name}.png (or .exr, .jpg, ...)")
+        image = bpy.data.images.load(str(path), check_existing=True)
+        label = f"the image {path.name} of camera {cam_obj.name!r}"
+    else:
+        slot = background_image(cam_obj)
+        if slot is None:
+            raise ExportError(f"camera {cam_obj.name!r} has no background image: add one in its "
+                              "camera properties, or leave it out of the camera collection")
+        image = slot.image
+        label = f"the background image {image.name!r} of camera {cam_obj.name!r}"
+        framing.update(frame_method=slot.frame_method, offset=tuple(slot.offset),
+                       scale=slot.scale, rotation=slot.rotation, flip_x=slot.use_flip_x,
+                       flip_y=slot.use_flip_y)
+    framing["image_pixel_aspect"] = tuple(image.display_aspect)
+    try:
+        target = silhouettes.target_from_pixels(
+            image_pixels(image), (cam.width, cam.height), name=label, **_decoding(image),
+            **framing)
+        silhouettes.check_silhouette(target, label)
+    except ExportError:
+        raise
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    return ExportedView(cam_obj.name, cam, target, held_out)
+
+
+def export_views(scene, cameras, image_source: str, folder: str = "",
+                 held_out_every: int = 0) -> list[ExportedView]:
+    """Views for the cameras; with ``held_out_every`` k > 1, every k-th camera (the
+    2nd of each k) is held out: measured, never fitted."""
+    views = []
+    for i, cam_obj in enumerate(cameras):
+        held = held_out_every > 1 and i % held_out_every == 1
+        views.append(view_for_camera(scene, cam_obj, image_source, folder, held))
+    if all(v.held_out for v in views):
+        raise ExportError("every camera is held out: lower the held-out setting")
+    return views
