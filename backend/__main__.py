@@ -22,7 +22,8 @@ from pathlib import Path
 MIN_PYTHON = (3, 11)
 EXIT_STARTUP_ERROR = 3
 # Import name -> pip distribution of what the backend imports at start-up.
-REQUIRED_MODULES = {"numpy": "numpy", "torch": "torch"}
+REQUIRED_MODULES = {"numpy": "numpy", "torch": "torch", "skimage": "scikit-image",
+                    "scipy": "scipy"}
 
 
 def main(argv=None) -> int:
@@ -76,10 +77,11 @@ def dependency_problem():
         return (f"softras-blender backend: {python} is Python {version}, but the backend needs "
                 f"Python {need} or newer. Choose a Python {need}+ for the backend in the "
                 "add-on's preferences.", ["python"])
-    missing = [name for name in REQUIRED_MODULES if importlib.util.find_spec(name) is None]
+    missing = [dist for name, dist in REQUIRED_MODULES.items()
+               if importlib.util.find_spec(name) is None]
     if not missing:
         return None
-    specs = " ".join(f'"{_requirement(REQUIRED_MODULES[name])}"' for name in missing)
+    specs = " ".join(f'"{_requirement(dist)}"' for dist in missing)
     message = (
         f"softras-blender backend: the Python at {python} (Python {version}) lacks "
         f"{', '.join(missing)}, which the backend needs.\n"

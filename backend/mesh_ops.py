@@ -118,7 +118,8 @@ def laplacian(faces: np.ndarray, n_vertices: int, dtype=torch.float32, device="c
     values = np.concatenate([values, np.ones(len(connected))])
     index = torch.tensor(np.stack([rows, cols]), dtype=torch.long, device=device)
     return torch.sparse_coo_tensor(
-        index, torch.tensor(values, dtype=dtype, device=device), (n_vertices, n_vertices)
+        index, torch.tensor(values, dtype=dtype, device=device), (n_vertices, n_vertices),
+        check_invariants=True,
     ).coalesce()
 
 

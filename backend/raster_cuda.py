@@ -34,7 +34,7 @@ def cuda_available() -> tuple[bool, str]:
     return True, ""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module():
     import cupy
 

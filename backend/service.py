@@ -34,8 +34,9 @@ from .protocol import (
     PROTOCOL_VERSION,
     MessageError,
     ProtocolError,
+    frame_chunks,
     read_frame,
-    write_frame,
+    write_chunks,
 )
 
 log = logging.getLogger("backend.service")
@@ -314,7 +315,14 @@ class Service:
                         message["metrics"]["protocol"] = dict(self._stats)
                 start = time.perf_counter()
                 try:
-                    size = write_frame(self._writer, message)
+                    chunks = frame_chunks(message)
+                except ProtocolError as exc:  # a result the wire cannot carry: a bug here
+                    log.error("cannot encode a %r message: %s", message["type"], exc)
+                    chunks = frame_chunks(error_message(
+                        message.get("fit_id"), f"The backend could not send its "
+                        f"{message['type']!r} message: {exc}", kind="internal", fatal=False))
+                try:
+                    size = write_chunks(self._writer, chunks)
                 except (OSError, ValueError) as exc:  # the client went away
                     log.error("cannot write to the client (%s); stopping", exc)
                     self._write_failed.set()
@@ -382,12 +390,11 @@ def done_message(fit_id, r) -> dict:
         "colors": None if r.colors is None else np.asarray(r.colors, dtype=np.float32),
         "topology_changed": bool(r.topology_changed),
         "metrics": {
-            "fit_iou": {str(k): float(v) for k, v in r.fit_iou.items()},
-            "heldout_iou": {str(k): float(v) for k, v in r.heldout_iou.items()},
+            "fit_iou": dict(r.fit_iou),
+            "heldout_iou": dict(r.heldout_iou),
             "mean_fit_iou": float(r.mean_fit_iou),
-            "loss_history": [{str(k): float(v) for k, v in step.items()}
-                             for step in r.loss_history],
-            "timing": {str(k): float(v) for k, v in r.timing.items()},
+            "loss_history": list(r.loss_history),
+            "timing": dict(r.timing),
             "iterations": int(r.iterations),
             "device": str(r.device),
         },

@@ -7,7 +7,7 @@ Writes, per view i, ``spot_softras_<i>.png`` (ours) and ``spot_cycles_<i>.png``
 (Blender's Cycles), and ``spot_compare.png`` (ours on top, Cycles below), all on a
 white background, and prints how long each step took.
 
-Both renderers get the same camera through `devtools.cycles.camera_params` and
+Both renderers get the same camera through `devtools.cycles_render.camera_params` and
 `backend.camera.blender_camera`, and the same light: an ambient term (a uniform
 white world in Cycles) plus one directional light (a sun). Ours shades per face
 with per-vertex colours sampled from Spot's texture; Cycles shades per pixel from
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Run as a script, Python puts devtools/ first on sys.path, where our cycles.py would
-# shadow Blender's own 'cycles' add-on: put the repository root there instead.
+# Run as a script, Python puts devtools/ first on sys.path; keep imports rooted at
+# the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from backend.camera import blender_camera, orbit_cameras  # noqa: E402
 from backend.renderer import Cameras, Lighting, RenderSettings, render  # noqa: E402
-from devtools import cycles  # noqa: E402
+from devtools import cycles_render as cycles  # noqa: E402
 
 BACKGROUND = (1.0, 1.0, 1.0)
 LIGHT = Lighting(ambient=0.45, directional=0.65, direction=(0.4, -0.6, 0.7))

@@ -61,11 +61,15 @@ class FitTarget:
     """The objects a fit writes to, and what it takes to undo the writes.
 
     source_name: the mesh object being fitted, or None when the fit starts from the
-    visual hull. collection: where a new result object is linked.
+    visual hull; source_faces: the (F, 3) triangles sent for it (faces that come
+    back equal to them are no topology change). collection: where a new result
+    object is linked.
     """
 
-    def __init__(self, source_name: str | None, collection):
+    def __init__(self, source_name: str | None, collection,
+                 source_faces: np.ndarray | None = None):
         self.source_name = source_name
+        self._source_faces = source_faces
         self.collection_name = collection.name if collection else None
         self.result_name: str | None = None  # a new object holding a changed topology
         self._saved: dict | None = None
@@ -92,6 +96,9 @@ class FitTarget:
     def apply(self, vertices: np.ndarray, faces: np.ndarray | None = None) -> None:
         """Show fitted world-space vertices (V, 3); faces (F, 3) when the topology changed."""
         vertices = np.asarray(vertices, dtype=np.float32)
+        if (faces is not None and self.result_name is None and self._source_faces is not None
+                and np.array_equal(faces, self._source_faces)):
+            faces = None  # the source's own triangles: same topology
         if faces is not None or self.result_name is not None or self.source_name is None:
             self._apply_new_object(vertices, faces)
             return

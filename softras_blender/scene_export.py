@@ -12,7 +12,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import silhouettes
+from . import fit_options, silhouettes
 from .backend import camera as camera_model
 
 IMAGE_EXTENSIONS = (".png", ".exr", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp", ".tga")
@@ -166,8 +166,9 @@ def _decoding(image) -> dict:
 
 
 def view_for_camera(scene, cam_obj, image_source: str, folder: str = "",
-                    held_out: bool = False) -> ExportedView:
-    """Camera matrices and the target image of one camera.
+                    held_out: bool = False, resolution: int = 0) -> ExportedView:
+    """Camera matrices and the target image of one camera, at the fit's resolution
+    (longest side at most ``resolution`` pixels; 0: the render's size).
 
     image_source "BACKGROUND": the camera's background image, placed in the frame as
     the viewport draws it (frame method, offset, scale, rotation, flips);
@@ -198,26 +199,27 @@ def view_for_camera(scene, cam_obj, image_source: str, folder: str = "",
                        scale=slot.scale, rotation=slot.rotation, flip_x=slot.use_flip_x,
                        flip_y=slot.use_flip_y)
     framing["image_pixel_aspect"] = tuple(image.display_aspect)
+    size = fit_options.fit_size(cam.width, cam.height, resolution)
     try:
         target = silhouettes.target_from_pixels(
-            image_pixels(image), (cam.width, cam.height), name=label, **_decoding(image),
-            **framing)
+            image_pixels(image), (cam.width, cam.height), name=label, sample_size=size,
+            **_decoding(image), **framing)
         silhouettes.check_silhouette(target, label)
     except ExportError:
         raise
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
-    return ExportedView(cam_obj.name, cam, target, held_out)
+    return ExportedView(cam_obj.name, fit_options.scaled_camera(cam, *size), target, held_out)
 
 
 def export_views(scene, cameras, image_source: str, folder: str = "",
-                 held_out_every: int = 0) -> list[ExportedView]:
+                 held_out_every: int = 0, resolution: int = 0) -> list[ExportedView]:
     """Views for the cameras; with ``held_out_every`` k > 1, every k-th camera (the
     2nd of each k) is held out: measured, never fitted."""
     views = []
     for i, cam_obj in enumerate(cameras):
         held = held_out_every > 1 and i % held_out_every == 1
-        views.append(view_for_camera(scene, cam_obj, image_source, folder, held))
+        views.append(view_for_camera(scene, cam_obj, image_source, folder, held, resolution))
     if all(v.held_out for v in views):
         raise ExportError("every camera is held out: lower the held-out setting")
     return views

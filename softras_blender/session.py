@@ -27,7 +27,6 @@ def settings_dict(settings) -> dict:
     """The scene's fit settings (``scene.softras``) as plain values."""
     return {
         "iterations": settings.iterations,
-        "resolution": settings.resolution,
         "sharpness": settings.sharpness,
         "fit_colors": settings.fit_colors,
         "smoothness": settings.smoothness,
@@ -36,11 +35,13 @@ def settings_dict(settings) -> dict:
 
 def backend_environment(user_dir) -> dict:
     """The backend process' environment: ours, with the add-on's backend importable and
-    CuPy's compiled kernels cached in the user folder."""
+    CuPy's compiled kernels cached in the add-on's user folder."""
     env = dict(os.environ)
     root = str(backend_root())
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
     env["CUPY_CACHE_DIR"] = str(user_dir / "cupy-cache")
+    # Compiled Python files go to the user folder too, never into the add-on's.
+    env["PYTHONPYCACHEPREFIX"] = str(user_dir / "pycache")
     return env
 
 
@@ -86,18 +87,21 @@ class FitSession:
         cameras = scene_export.scene_cameras(
             scene, settings.camera_source, settings.camera_collection, settings.image_source,
             settings.image_folder)
-        self.views = scene_export.export_views(scene, cameras, settings.image_source,
-                                               settings.image_folder, settings.held_out_every)
+        self.views = scene_export.export_views(
+            scene, cameras, settings.image_source, settings.image_folder,
+            settings.held_out_every, settings.resolution)
         backend = preferences.backend_settings(context)
-        self.options = fit_options.options_from_settings(
-            settings_dict(settings), device or backend["device"],
-            max(max(v.camera.width, v.camera.height) for v in self.views))
+        try:
+            self.options = fit_options.options_from_settings(settings_dict(settings),
+                                                             device or backend["device"])
+        except ValueError as exc:
+            raise scene_export.ExportError(str(exc)) from exc
         try:
             python = backend_python or preferences.backend_command(backend)
             self.command = default_backend_command(python)
         except ValueError as exc:
-            raise scene_export.ExportError(str(exc)) from exc
-        self.target = FitTarget(source.name if source else None, scene.collection)
+            raise BackendError(str(exc)) from exc
+        self.target = FitTarget(source.name if source else None, scene.collection, self.faces)
 
         self.client: BackendClient | None = None
         self.fit_sent = False

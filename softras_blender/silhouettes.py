@@ -74,20 +74,24 @@ def frame_sample_points(
     rotation: float = 0.0,
     flip_x: bool = False,
     flip_y: bool = False,
-    supersampling: int = 1,
+    supersampling: int | tuple[int, int] = 1,
+    sample_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Where each render pixel (sub)sample lands in a camera background image.
 
-    image_size, render_size: (width, height) in pixels. The other arguments are the
-    background image's settings in Blender (``frame_method``, ``offset``, ``scale``,
-    ``rotation`` in radians, ``use_flip_x/y``), the image's display aspect and the
-    scene's pixel aspect and the camera's sensor fit. Follows Blender's overlay
-    drawing of camera background images (``image_camera_background_matrix_get``),
-    including its odd offset units.
+    image_size, render_size: (width, height) in pixels; sample_size: the (W, H) pixel
+    grid to sample, the render's own by default (a smaller grid over the same frame
+    makes a downscaled target). The other arguments are the background image's
+    settings in Blender (``frame_method``, ``offset``, ``scale``, ``rotation`` in
+    radians, ``use_flip_x/y``), the image's display aspect, the scene's pixel aspect
+    and the camera's sensor fit. Follows Blender's overlay drawing of camera
+    background images (``image_camera_background_matrix_get``), including its odd
+    offset units.
 
-    Returns (x, y), each (H, W, s*s) float64: image pixel coordinates with x right
-    and y UP from the image's bottom-left corner (Blender's pixel row order), pixel
-    i's centre at i + 0.5, for s*s samples spread evenly over each render pixel.
+    Returns (x, y), each (H, W, sx*sy) float64 for the sample grid: image pixel
+    coordinates with x right and y UP from the image's bottom-left corner (Blender's
+    pixel row order), pixel i's centre at i + 0.5, for ``supersampling`` = (sx, sy)
+    (or s for both) samples spread evenly over each target pixel.
     """
     iw, ih = image_size
     rw, rh = render_size
@@ -99,6 +103,7 @@ def frame_sample_points(
     if not scale > 0:
         raise ValueError(f"the background image's scale is {scale}: it must be positive")
     cam_w, cam_h = camera_frame_size(rw, rh, pixel_aspect, sensor_fit)
+    rw, rh = sample_size or render_size
     cam_aspect = cam_w / cam_h
     image_aspect = (iw * float(image_pixel_aspect[0])) / (ih * float(image_pixel_aspect[1]))
 
@@ -117,10 +122,11 @@ def frame_sample_points(
     sx = base_w * 0.5 * scale * (-1.0 if flip_x else 1.0)
     sy = base_h * 0.5 * scale * (-1.0 if flip_y else 1.0)
 
-    s = int(supersampling)
-    sub = (np.arange(s) + 0.5) / s
-    px = (np.arange(rw)[:, None] + sub[None, :]).ravel()  # (W*s,)
-    py = (np.arange(rh)[:, None] + sub[None, :]).ravel()  # (H*s,), top-down
+    ssx, ssy = ((supersampling, supersampling) if np.isscalar(supersampling)
+                else supersampling)
+    ssx, ssy = int(ssx), int(ssy)
+    px = (np.arange(rw)[:, None] + ((np.arange(ssx) + 0.5) / ssx)[None, :]).ravel()  # (W*sx,)
+    py = (np.arange(rh)[:, None] + ((np.arange(ssy) + 0.5) / ssy)[None, :]).ravel()  # (H*sy,)
     fx = (px / rw - 0.5) * cam_w
     fy = (0.5 - py / rh) * cam_h
     fx, fy = np.meshgrid(fx, fy)  # (H*s, W*s)
@@ -133,7 +139,7 @@ def frame_sample_points(
     y = (qy + 1.0) * 0.5 * ih
 
     def per_pixel(a):
-        return a.reshape(rh, s, rw, s).transpose(0, 2, 1, 3).reshape(rh, rw, s * s)
+        return a.reshape(rh, ssy, rw, ssx).transpose(0, 2, 1, 3).reshape(rh, rw, ssy * ssx)
 
     return per_pixel(x), per_pixel(y)
 
@@ -161,36 +167,50 @@ def target_from_pixels(
     srgb: bool,
     premultiplied: bool,
     name: str = "image",
+    sample_size: tuple[int, int] | None = None,
     **framing,
 ) -> np.ndarray:
     """A Blender image's pixels -> the fitting target seen through the camera.
 
     pixels: (h, w, 4) RGBA float as ``image.pixels`` gives it (row 0 at the bottom).
-    render_size: (W, H) of the camera's render. srgb / premultiplied: see
+    render_size: (W, H) of the camera's render; sample_size: the (W', H') of the
+    target, the render size by default. srgb / premultiplied: see
     `decode_pixels`. framing: the keyword arguments of `frame_sample_points`
     (frame method, offset, scale, rotation, flips, aspects, sensor fit).
 
-    Returns (H, W, 4) float32, row 0 at the top, linear straight-alpha RGBA.
+    Returns (H', W', 4) float32, row 0 at the top, linear straight-alpha RGBA.
     Raises ValueError naming ``name`` when the image does not cover the whole camera
     frame (for instance a FIT image of another aspect than the render), since the
     silhouette there would be unknown.
     """
     rgba = decode_pixels(pixels, srgb=srgb, premultiplied=premultiplied)
     h, w = rgba.shape[:2]
-    rw, rh = render_size
-    # Enough samples per render pixel to average every image pixel under it.
-    density = max(w / rw, h / rh) / max(float(framing.get("scale", 1.0)), 1e-6)
-    s = int(min(_MAX_SUPERSAMPLING, max(1, math.ceil(density - 1e-9))))
-    x, y = frame_sample_points((w, h), (rw, rh), supersampling=s, **framing)
+    rw, rh = sample_size or render_size
+    # Enough samples per target pixel, along each of its axes, to average every image
+    # pixel under it: as many as image pixels one target pixel step crosses.
+    x, y = frame_sample_points((w, h), render_size, sample_size=(rw, rh), **framing)
+    steps = []
+    for axis in (1, 0):  # along target x, then target y
+        if x.shape[axis] < 2:
+            steps.append(1)
+            continue
+        dx = np.diff(x[..., 0], axis=axis).flat[0]
+        dy = np.diff(y[..., 0], axis=axis).flat[0]
+        crossed = math.hypot(dx, dy)
+        steps.append(int(min(_MAX_SUPERSAMPLING, max(1, math.ceil(crossed - 1e-6)))))
+    if steps != [1, 1]:
+        x, y = frame_sample_points((w, h), render_size, supersampling=tuple(steps),
+                                   sample_size=(rw, rh), **framing)
     centre_x, centre_y = x.mean(axis=2), y.mean(axis=2)
     eps = 1e-6 * max(w, h)
     outside = ((centre_x < -eps) | (centre_x > w + eps) | (centre_y < -eps) | (centre_y > h + eps))
     if np.any(outside):
         image_aspect = w / h
-        render_aspect = rw / rh
+        render_aspect = render_size[0] / render_size[1]
         raise ValueError(
             f"{name} ({w}x{h}, aspect {image_aspect:.3f}) does not cover the whole camera frame "
-            f"({rw}x{rh}, aspect {render_aspect:.3f}; {int(outside.sum())} pixels uncovered "
+            f"({render_size[0]}x{render_size[1]}, aspect {render_aspect:.3f}; "
+            f"{int(outside.sum())} of {rw * rh} pixels uncovered "
             f"with frame method {framing.get('frame_method', 'FIT')}): use an image with the "
             "render's aspect ratio, or set the background image's frame method to Stretch or Crop"
         )

@@ -16,9 +16,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def has_cuda() -> bool:
-    from backend.raster_cuda import cuda_available
+    """A real CUDA device and CuPy (independent of the emulation fixture's patch)."""
+    import importlib.util
 
-    return cuda_available()[0]
+    return torch.cuda.is_available() and importlib.util.find_spec("cupy") is not None
 
 
 def load_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -47,7 +48,7 @@ def icosphere(subdivisions: int = 2, radius: float = 1.0) -> tuple[torch.Tensor,
     for _ in range(subdivisions):
         cache, new_faces = {}, []
 
-        def midpoint(i, j):
+        def midpoint(i, j, cache=cache):
             key = (min(i, j), max(i, j))
             if key not in cache:
                 m = verts[i] + verts[j]
@@ -73,8 +74,8 @@ def make_cameras(count=4, width=64, height=48, distance=4.0, dtype=torch.float64
     return Cameras.from_matrices(cams, dtype=dtype)
 
 
-@pytest.fixture(scope="session")
-def emulated_cuda():
+@pytest.fixture
+def emulated_cuda(monkeypatch):
     """backend.raster_cuda with its kernels compiled for the host (see cuda_emulation.py)."""
     from cuda_emulation import build_library, compiler, make_run_kernel
 
@@ -82,9 +83,6 @@ def emulated_cuda():
         pytest.skip("no C++ compiler to build the host emulation of the CUDA kernels")
     import backend.raster_cuda as raster_cuda
 
-    run = make_run_kernel(build_library())
-    patch = pytest.MonkeyPatch()
-    patch.setattr(raster_cuda, "run_kernel", run)
-    patch.setattr(raster_cuda, "cuda_available", lambda: (True, ""))
-    yield raster_cuda
-    patch.undo()
+    monkeypatch.setattr(raster_cuda, "run_kernel", make_run_kernel(build_library()))
+    monkeypatch.setattr(raster_cuda, "cuda_available", lambda: (True, ""))
+    return raster_cuda

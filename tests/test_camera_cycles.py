@@ -1,7 +1,7 @@
 """The camera model against Blender itself: our silhouettes of the Spot cow match Cycles'.
 
 Each case sets up a real Blender camera, renders it with Cycles (transparent film,
-point-sampled pixel centres), reads the camera back with `devtools.cycles.camera_params`,
+point-sampled pixel centres), reads the camera back with `devtools.cycles_render.camera_params`,
 converts it with `backend.camera.blender_camera` and renders the soft silhouette.
 """
 
@@ -15,7 +15,7 @@ pytest.importorskip("bpy")
 
 from backend.camera import blender_camera, look_at  # noqa: E402
 from backend.renderer import Cameras, RenderSettings, render_silhouette  # noqa: E402
-from devtools import cycles  # noqa: E402
+from devtools import cycles_render as cycles  # noqa: E402
 
 pytestmark = pytest.mark.blender
 

@@ -1,0 +1,198 @@
+"""How fast the wire protocol is, and what share of a fit it costs.
+
+    python benchmarks/bench_protocol.py [--frames 300] [--iterations 100]
+
+1. Streaming: a child process writes vertices frames of a 100k-vertex mesh to its
+   stdout as fast as it can; this process reads and decodes them from the pipe
+   (what the add-on's reader thread does). Also a 1M-vertex final mesh and a fit
+   request with 100 images of 256x256, and encode/decode alone.
+2. Share of a fit: the same fit run in-process (no protocol at all) and through the
+   real backend process with vertices streamed after every iteration (the worst
+   case; the service sends at most --max-vertex-rate per second).
+
+Prints figures; not a test. Record them in docs/benchmarks.md under "Protocol".
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from backend import protocol  # noqa: E402
+
+WRITER = """
+import sys, numpy as np
+from backend import protocol
+count, kind = int(sys.argv[1]), sys.argv[2]
+out = sys.stdout.buffer
+rng = np.random.default_rng(0)
+if kind == "vertices":
+    message = {"type": "vertices", "fit_id": 1, "iteration": 0, "faces": None,
+               "vertices": rng.standard_normal((100_000, 3)).astype(np.float32)}
+elif kind == "final":
+    message = {"type": "done", "fit_id": 1, "status": "done", "message": "", "colors": None,
+               "vertices": rng.standard_normal((1_000_000, 3)).astype(np.float32),
+               "faces": rng.integers(0, 1_000_000, (2_000_000, 3)).astype(np.int32),
+               "metrics": {}}
+else:
+    message = {"type": "start_fit", "fit_id": 1, "vertices": None, "faces": None, "options": {},
+               "views": [{"name": f"c{i}", "camera": {}, "held_out": False,
+                          "image": rng.random((256, 256, 4), dtype=np.float32)}
+                         for i in range(100)]}
+for i in range(count):
+    message["fit_id"] = i
+    protocol.write_frame(out, message)
+"""
+
+
+def bench_pipe(kind: str, count: int) -> tuple[float, float, int]:
+    """(frames per second, MB per second, bytes per frame) through a real pipe."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    child = subprocess.Popen([sys.executable, "-c", WRITER, str(count), kind],
+                             stdout=subprocess.PIPE, env=env)
+    first = protocol.read_frame(child.stdout)  # the child has started and built its data
+    start = time.perf_counter()
+    received = 0
+    size = len(protocol.encode_frame(first))
+    while protocol.read_frame(child.stdout) is not None:
+        received += 1
+    elapsed = time.perf_counter() - start
+    child.wait()
+    assert received == count - 1, (received, count)
+    return received / elapsed, received * size / elapsed / 1e6, size
+
+
+def bench_codec(repeats: int = 200) -> tuple[float, float]:
+    """Milliseconds to encode (chunks, no copy) and to decode one 100k-vertex frame."""
+    vertices = np.random.default_rng(0).standard_normal((100_000, 3)).astype(np.float32)
+    message = {"type": "vertices", "fit_id": 1, "iteration": 0, "vertices": vertices,
+               "faces": None}
+    start = time.perf_counter()
+    for _ in range(repeats):
+        protocol.frame_chunks(message)
+    encode = (time.perf_counter() - start) / repeats
+    data = protocol.encode_frame(message)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        protocol.decode_frame(data)
+    decode = (time.perf_counter() - start) / repeats
+    return encode * 1e3, decode * 1e3
+
+
+def fit_scene(size: int, count: int):
+    """Silhouettes of an off-centre ellipsoid from a ring of cameras (views as dicts)."""
+    import torch
+
+    from backend.camera import blender_camera, orbit_cameras
+    from backend.mesh_ops import icosphere
+    from backend.renderer import Cameras, RenderSettings, render_silhouette
+
+    v, f = icosphere(3)
+    target = torch.tensor(v * [1.0, 0.6, 0.45] + [0.2, 0.0, 0.1])
+    cams = [blender_camera(matrix_world=m, resolution_x=size, resolution_y=size, lens=50)
+            for m in orbit_cameras(count // 2, [10.0, 40.0], 5.0, azimuth_offset_deg=15.0)]
+    alpha = render_silhouette(target, torch.as_tensor(f), Cameras.from_matrices(
+        cams, dtype=torch.float64), RenderSettings(sigma=0.05)).numpy()
+    views = []
+    for i, (cam, a) in enumerate(zip(cams, alpha, strict=True)):
+        image = np.ones((size, size, 4), np.float32)
+        image[..., 3] = a
+        views.append({"name": f"cam{i}", "camera": cam.to_dict(), "image": image,
+                      "held_out": False})
+    return views
+
+
+def bench_fit_share(iterations: int, size: int, count: int, rate: float) -> dict:
+    from backend.camera import CameraMatrices
+    from backend.fitting import FitOptions, View, fit
+
+    # By path: the add-on package's __init__ imports bpy.
+    spec = importlib.util.spec_from_file_location("softras_client",
+                                                  ROOT / "softras_blender" / "client.py")
+    client_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(client_module)
+    BackendClient = client_module.BackendClient
+    default_backend_command = client_module.default_backend_command
+
+    views = fit_scene(size, count)
+    options = {"iterations": iterations, "stream_every": 1, "device": "cpu"}
+
+    fit_views = [View(CameraMatrices.from_dict(v["camera"]), v["image"], v["name"])
+                 for v in views]
+    local = fit(fit_views, None, None, FitOptions.from_dict(options))
+
+    client = BackendClient(default_backend_command(sys.executable)
+                           + ["--max-vertex-rate", str(rate)], timeout=60)
+    client.start()
+    streamed = 0
+    start = time.perf_counter()
+    client.start_fit(None, None, views, options)
+    while True:
+        events = client.poll()
+        if client.latest_vertices() is not None:
+            streamed += 1
+        if events and events[-1]["type"] in ("done", "error"):
+            break
+        time.sleep(0.01)
+    wall = time.perf_counter() - start
+    client.shutdown()
+    done = events[-1]
+    if done["type"] == "error":
+        raise RuntimeError(done["message"])
+    stats = done["metrics"]["protocol"]
+    return {"local_total": local.timing["total"], "remote_total": done["metrics"]["timing"]["total"],
+            "wall": wall, "stats": stats, "streamed": streamed,
+            "vertices": len(done["vertices"]), "iou": done["metrics"]["mean_fit_iou"],
+            "local_iou": local.mean_fit_iou}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--views", type=int, default=8)
+    parser.add_argument("--max-vertex-rate", type=float, default=10.0)
+    args = parser.parse_args()
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} "
+          f"{platform.release()}, Python {platform.python_version()}, numpy {np.__version__}")
+    print("\n1. Streaming through a real pipe (child writes, this process reads and decodes)")
+    for kind, count, label in (("vertices", args.frames, "100k-vertex vertices frame"),
+                               ("final", 6, "1M-vertex mesh + 2M faces (done)"),
+                               ("request", 6, "fit request, 100 images 256x256 RGBA f32")):
+        fps, mbps, size = bench_pipe(kind, count)
+        print(f"   {label:42s} {size / 1e6:8.1f} MB/frame {fps:9.1f} frames/s {mbps:8.0f} MB/s")
+    encode_ms, decode_ms = bench_codec()
+    print(f"   100k-vertex frame: encode {encode_ms:.3f} ms (no copy), decode from bytes "
+          f"{decode_ms:.3f} ms")
+
+    print(f"\n2. Share of a fit: {args.views} views {args.size}x{args.size}, visual hull start, "
+          f"{args.iterations} iterations, vertices posted every iteration, "
+          f"at most {args.max_vertex_rate:g}/s sent")
+    r = bench_fit_share(args.iterations, args.size, args.views, args.max_vertex_rate)
+    s = r["stats"]
+    print(f"   in-process fit (no protocol):  {r['local_total']:.2f} s, IoU {r['local_iou']:.3f}")
+    print(f"   fit inside the backend:        {r['remote_total']:.2f} s, IoU {r['iou']:.3f}")
+    print(f"   client wall time, request to done (incl. sending images): {r['wall']:.2f} s")
+    print(f"   frames sent {s['frames']} ({s['vertex_frames']} vertices frames of "
+          f"{r['vertices']} vertices, {r['streamed']} seen by the polling client), "
+          f"{s['bytes'] / 1e6:.2f} MB, writer busy {s['write_seconds'] * 1e3:.1f} ms")
+    print(f"   protocol share of the fit's wall time: writer {s['write_seconds'] / r['wall']:.2%}"
+          f"; end-to-end overhead vs in-process "
+          f"{(r['wall'] - r['local_total']) / r['wall']:+.1%}")
+
+
+if __name__ == "__main__":
+    main()

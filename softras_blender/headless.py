@@ -1,0 +1,227 @@
+"""Fit from the command line, without Blender's window: the add-on's operator in background mode.
+
+    blender --background scene.blend --python softras_blender/headless.py -- [options]
+    python softras_blender/headless.py -- --scene scene.blend [options]     # bpy module
+
+Options (after ``--``): --scene, --object (omit to start from the visual hull),
+--cameras (a collection name, or comma-separated camera names; default: every camera
+with a reference image), --images DIR (one image per camera name; default: the
+cameras' background images), --iterations, --resolution, --sharpness, --smoothness,
+--device, --fit-colors, --hold-out-every, --backend-python, --output OUT.blend,
+--export-obj OUT.obj, --report report.json.
+
+The input .blend is never written: --output must name another file. Bad input exits
+with status 2 and a one-line reason on stderr, a failed fit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_FIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """Exit with EXIT_BAD_INPUT and this one-line reason."""
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="headless.py", description="Fit a mesh to the cameras' reference images.")
+    parser.add_argument("--scene", type=Path, help="the .blend file to open (needed when "
+                        "Blender did not open one itself)")
+    parser.add_argument("--object", help="the mesh object to fit (default: start from the "
+                        "silhouettes' visual hull)")
+    parser.add_argument("--cameras", help="a collection name, or comma-separated camera names "
+                        "(default: every camera with a reference image)")
+    parser.add_argument("--images", type=Path, help="folder with one image per camera, named "
+                        "after it (default: the cameras' background images)")
+    parser.add_argument("--iterations", type=int)
+    parser.add_argument("--resolution", type=int, help="longest image side to fit at (0: full)")
+    parser.add_argument("--sharpness", choices=("SOFT", "MEDIUM", "SHARP"))
+    parser.add_argument("--smoothness", type=float)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    parser.add_argument("--fit-colors", action="store_true")
+    parser.add_argument("--hold-out-every", type=int, default=None,
+                        help="hold out every n-th camera (measured, not fitted)")
+    parser.add_argument("--backend-python", default="",
+                        help="command line of the backend's Python (default: preferences)")
+    parser.add_argument("--output", type=Path, help="save the fitted scene to this .blend")
+    parser.add_argument("--export-obj", type=Path, help="export the fitted mesh to this .obj")
+    parser.add_argument("--report", type=Path, help="write per-view IoU, loss history, timing "
+                        "and device to this JSON file")
+    return parser.parse_args(argv)
+
+
+def script_args(argv: list[str]) -> list[str]:
+    """The arguments after ``--`` (Blender's own come before it)."""
+    return argv[argv.index("--") + 1:] if "--" in argv else argv[1:]
+
+
+def ensure_addon():
+    """The add-on's operators module, registering the add-on from this checkout if
+    Blender has not loaded it already (as an installed extension)."""
+    import bpy
+
+    if not hasattr(bpy.types, "SOFTRAS_OT_fit"):
+        parent = str(Path(__file__).resolve().parent.parent)
+        if parent not in sys.path:
+            sys.path.insert(0, parent)
+        import softras_blender
+
+        softras_blender.register()
+    return sys.modules[bpy.types.SOFTRAS_OT_fit.__module__]
+
+
+def open_scene(args) -> Path | None:
+    """Open --scene (if given); returns the path of the scene being fitted."""
+    import bpy
+
+    if args.scene is not None:
+        path = args.scene.resolve()
+        if not path.is_file() or path.suffix.lower() != ".blend":
+            raise BadInput(f"--scene {args.scene}: no such .blend file")
+        current = Path(bpy.data.filepath).resolve() if bpy.data.filepath else None
+        if current != path:
+            bpy.ops.wm.open_mainfile(filepath=str(path))
+        return path
+    if not bpy.data.filepath:
+        raise BadInput("no scene: pass --scene scene.blend (or let Blender open one)")
+    return Path(bpy.data.filepath).resolve()
+
+
+def configure(args, scene) -> None:
+    """Write the options into the scene's fit settings (``scene.softras``)."""
+    import bpy
+
+    settings = scene.softras
+    if args.object is None:
+        settings.mesh_source = "HULL"
+    else:
+        obj = scene.objects.get(args.object)
+        if obj is None:
+            raise BadInput(f"--object {args.object}: the scene has no object of that name")
+        if obj.type != "MESH":
+            raise BadInput(f"--object {args.object}: it is a {obj.type.lower()} object, "
+                           "not a mesh")
+        settings.mesh_source = "OBJECT"
+        settings.target_object = obj
+    if args.cameras:
+        collection = bpy.data.collections.get(args.cameras)
+        if collection is None:
+            names = [n.strip() for n in args.cameras.split(",") if n.strip()]
+            missing = [n for n in names if scene.objects.get(n) is None
+                       or scene.objects[n].type != "CAMERA"]
+            if missing:
+                raise BadInput(f"--cameras: no collection {args.cameras!r} and no camera "
+                               f"named {', '.join(missing)}")
+            # An unlinked collection (not saved: nothing uses it) holding the chosen cameras.
+            collection = bpy.data.collections.new("SoftRas headless cameras")
+            for name in names:
+                collection.objects.link(scene.objects[name])
+        settings.camera_source = "COLLECTION"
+        settings.camera_collection = collection
+    if args.images is not None:
+        if not args.images.is_dir():
+            raise BadInput(f"--images {args.images}: no such folder")
+        settings.image_source = "FOLDER"
+        settings.image_folder = str(args.images.resolve())
+    for name in ("iterations", "resolution", "sharpness", "smoothness", "hold_out_every"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(settings, "held_out_every" if name == "hold_out_every" else name, value)
+    if args.fit_colors:
+        settings.fit_colors = True
+
+
+def check_outputs(args, scene_path: Path) -> None:
+    for option, path, suffix in (("--output", args.output, ".blend"),
+                                 ("--export-obj", args.export_obj, ".obj"),
+                                 ("--report", args.report, ".json")):
+        if path is None:
+            continue
+        if path.suffix.lower() != suffix:
+            raise BadInput(f"{option} {path}: the file name must end in {suffix}")
+        if path.resolve() == scene_path:
+            raise BadInput(f"{option} {path} is the input scene: the input is never "
+                           "overwritten, pick another file")
+        if not path.resolve().parent.is_dir():
+            raise BadInput(f"{option} {path}: the folder {path.parent} does not exist")
+
+
+def export_obj(path: Path, obj_name: str) -> None:
+    import bpy
+
+    obj = bpy.data.objects[obj_name]
+    for other in bpy.context.view_layer.objects:
+        other.select_set(False)
+    obj.select_set(True)
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.wm.obj_export(filepath=str(path), export_selected_objects=True,
+                          export_materials=False, export_colors=True, apply_modifiers=True)
+
+
+def run(argv: list[str]) -> int:
+    args = parse_args(script_args(argv))
+    import bpy
+
+    scene_path = open_scene(args)
+    check_outputs(args, scene_path)
+    operators = ensure_addon()
+    scene = bpy.context.scene
+    configure(args, scene)
+    if args.object is not None:
+        bpy.context.view_layer.objects.active = scene.objects[args.object]
+    device = args.device.upper() if args.device else "PREFERENCES"
+    try:
+        bpy.ops.softras.fit(device=device, backend_command=args.backend_python)
+    except RuntimeError as exc:
+        # The operator reported an error (bad scene or failed fit); the scene is restored.
+        reason = str(exc).strip().removeprefix("Error:").strip()
+        failed = reason.startswith(("Fit failed", "Cannot start"))
+        return _fail(reason, EXIT_FIT_FAILED if failed else EXIT_BAD_INPUT)
+    result = operators.last_result()
+    if result is None or result.get("status") not in ("done", "diverged"):
+        return _fail(f"the fit ended with status {result and result.get('status')!r}",
+                     EXIT_FIT_FAILED)
+    if args.output is not None:
+        bpy.ops.wm.save_as_mainfile(filepath=str(args.output.resolve()), copy=True)
+    if args.export_obj is not None:
+        export_obj(args.export_obj, result["object"])
+    if args.report is not None:
+        report = {"scene": str(scene_path),
+                  "output": str(args.output) if args.output else None,
+                  "export_obj": str(args.export_obj) if args.export_obj else None,
+                  **result}
+        args.report.write_text(json.dumps(report, indent=1, default=_plain), encoding="utf-8")
+    print(f"SoftRas: {result['status']}: mean IoU {result.get('mean_fit_iou', float('nan')):.4f}"
+          f" on {len(result['views'])} views in {result['wall_seconds']:.1f} s", flush=True)
+    return 0
+
+
+def _plain(value):
+    """JSON for numpy scalars and arrays in the report."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _fail(reason: str, code: int) -> int:
+    print(f"softras headless: error: {reason.splitlines()[0] if reason else 'unknown'}",
+          file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(sys.argv if argv is None else argv)
+    except BadInput as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
