@@ -45,18 +45,24 @@ def rasterize_cpu(
     owner, px, py = enumerate_cells(boxes[valid_faces])
     pair_face = valid_faces[owner]  # index into the flattened (B * F) faces
     with torch.no_grad():
-        d2, edge = distance_and_edges(px, py, corners.detach().index_select(0, pair_face))
-        inside = ((edge * edge.sum(dim=-1, keepdim=True)) > 0).all(dim=-1)
+        d2, closest, along, inside = closest_edges(
+            pixel_centres(px, py, dtype), corners.detach().index_select(0, pair_face))
         keep = (inside | (d2 < settings.sigma * math.log(1.0 / settings.cutoff - 1.0)))
         keep = keep.nonzero()[:, 0]
-    pair_face, px, py, inside = pair_face[keep], px[keep], py[keep], inside[keep]
+    pair_face, px, py = pair_face[keep], px[keep], py[keep]
+    closest, along, inside = closest[keep], along[keep], inside[keep]
     camera = pair_face // F
     pixel = (camera * height + py) * width + px
+    centre = pixel_centres(px, py, dtype)
 
-    # The kept pairs again, now differentiable.
-    tri = corners.index_select(0, pair_face)  # (P, 3, 3)
-    d2, edge = distance_and_edges(px, py, tri)
-    area2 = edge.sum(dim=-1)
+    # The kept pairs again, now differentiable. d^2 = |p - q|^2 with q the closest
+    # point of the closest edge; its parameter is held fixed, which leaves the
+    # gradient unchanged (it is optimal, or clamped at an end of the edge).
+    flat_corners = face_screen.reshape(B * F * 3, 3)[:, :2]
+    start = flat_corners.index_select(0, pair_face * 3 + closest)
+    end = flat_corners.index_select(0, pair_face * 3 + (closest + 1) % 3)
+    offset = centre - torch.lerp(start, end, along[:, None])
+    d2 = (offset * offset).sum(dim=-1)
     x = torch.where(inside, d2, -d2) / settings.sigma
     prob = torch.sigmoid(x)  # D_j
     log_transparency = torch.zeros(n_pixels, dtype=dtype, device=device).index_add(
@@ -66,6 +72,9 @@ def rasterize_cpu(
     if face_colors is None:
         return alpha.reshape(B, height, width, 1)
 
+    tri = corners.index_select(0, pair_face)  # (P, 3, 3)
+    edge = edge_functions(centre, tri)
+    area2 = edge.sum(dim=-1)
     bary = clamped_barycentrics(edge, area2)
     z = tri[..., 2]
     ortho = orthographic[camera]
@@ -94,29 +103,41 @@ def rasterize_cpu(
     return torch.cat([rgb, alpha[:, None]], dim=-1).reshape(B, height, width, 4)
 
 
-def distance_and_edges(px: torch.Tensor, py: torch.Tensor, tri: torch.Tensor):
-    """Squared distance to the triangle's edges and the edge functions at pixel centres.
+def pixel_centres(px: torch.Tensor, py: torch.Tensor, dtype) -> torch.Tensor:
+    """(P, 2) centres of pixels with integer indices px, py (P,)."""
+    return torch.stack([px, py], dim=-1).to(dtype) + 0.5
 
-    px, py: (P,) integer pixel indices (centres at +0.5); tri: (P, 3, >=2) corners.
-    Returns d2 (P,) and E (P, 3), E_k the edge function of the edge opposite corner k
-    (``E.sum(-1)`` is twice the signed area; ``E / E.sum(-1)`` the barycentrics).
-    The distance is the smaller of the distances to the corners and, where the foot
-    of the perpendicular falls inside an edge, to that edge's line.
+
+def closest_edges(p: torch.Tensor, tri: torch.Tensor):
+    """Where points p (P, 2) lie relative to triangles tri (P, 3, >=2).
+
+    Returns d2 (P,), the squared distance to the closest edge; closest (P,) int64,
+    that edge's index k (it runs from corner k to corner k + 1); along (P,), the
+    closest point's parameter on it in [0, 1]; inside (P,) bool.
     """
-    x, y = tri[..., 0], tri[..., 1]  # (P, 3)
-    rel_x = (px.to(x.dtype) + 0.5)[:, None] - x
-    rel_y = (py.to(x.dtype) + 0.5)[:, None] - y
-    # Edge k runs from corner k to corner k + 1, opposite corner k + 2.
-    dir_x = x.roll(-1, dims=1) - x
-    dir_y = y.roll(-1, dims=1) - y
-    cross = dir_x * rel_y - dir_y * rel_x  # E of edge k
-    length2 = (dir_x * dir_x + dir_y * dir_y).clamp_min(1e-20)
-    along = (rel_x * dir_x + rel_y * dir_y) / length2
-    corner_d2 = (rel_x * rel_x + rel_y * rel_y).amin(dim=-1)
-    line_d2 = torch.where((along > 0) & (along < 1), cross * cross / length2,
-                          torch.full_like(cross, math.inf))
-    d2 = torch.minimum(corner_d2, line_d2.amin(dim=-1))
-    return d2, cross.roll(-1, dims=1)
+    start = tri[..., :2]
+    direction = start.roll(-1, dims=1) - start  # (P, 3, 2)
+    rel = p[:, None, :] - start
+    length2 = (direction * direction).sum(dim=-1).clamp_min(1e-20)
+    along = ((rel * direction).sum(dim=-1) / length2).clamp(0.0, 1.0)
+    offset = rel - along[..., None] * direction
+    d2, closest = (offset * offset).sum(dim=-1).min(dim=-1)
+    cross = direction[..., 0] * rel[..., 1] - direction[..., 1] * rel[..., 0]
+    inside = (cross * cross.sum(dim=-1, keepdim=True) > 0).all(dim=-1)
+    return d2, closest, along.gather(1, closest[:, None])[:, 0], inside
+
+
+def edge_functions(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
+    """Un-normalised barycentrics (P, 3) of points p (P, 2) in triangles tri (P, 3, >=2).
+
+    E_k is the edge function of the edge opposite corner k; ``E.sum(-1)`` is twice
+    the signed area and ``E / E.sum(-1)`` are the barycentric coordinates of p.
+    """
+    x, y = tri[..., 0], tri[..., 1]
+    # Edge function of corner k's opposite edge, from corner k + 1 to corner k + 2.
+    x1, y1 = x.roll(-1, dims=1), y.roll(-1, dims=1)
+    x2, y2 = x.roll(-2, dims=1), y.roll(-2, dims=1)
+    return (x2 - x1) * (p[:, 1:2] - y1) - (y2 - y1) * (p[:, 0:1] - x1)
 
 
 def clamped_barycentrics(edge: torch.Tensor, area2: torch.Tensor) -> torch.Tensor:

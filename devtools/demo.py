@@ -43,7 +43,6 @@ def camera_rig(count: int) -> list[np.ndarray]:
 def _diffuse_material(color) -> bpy.types.Material:
     """A flat diffuse-lit material of one colour."""
     material = bpy.data.materials.new("target")
-    material.use_nodes = True
     bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
     bsdf.inputs["Base Color"].default_value = (*color, 1.0)
     bsdf.inputs["Roughness"].default_value = 0.8
@@ -215,6 +214,8 @@ def main(argv=None) -> int:
     scene.add_argument("--cameras", type=int, default=24)
     scene.add_argument("--size", type=int, default=128)
     scene.add_argument("--samples", type=int, default=4)
+    scene.add_argument("--start", choices=("ICOSPHERE", "UV_SPHERE", "NONE"),
+                       default="ICOSPHERE", help="the mesh to fit")
     sheet = sub.add_parser("sheet", help="contact sheet of target vs fitted silhouettes")
     sheet.add_argument("--scene", type=Path, required=True)
     sheet.add_argument("--fitted", type=Path, required=True)
@@ -222,7 +223,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.command == "scene":
-        path = build_scene(args.out, cameras=args.cameras, size=args.size, samples=args.samples)
+        path = build_scene(args.out, cameras=args.cameras, size=args.size, samples=args.samples,
+                           start=args.start)
         print(f"demo scene: {path} ({args.cameras} cameras, {args.size}x{args.size}, "
               f"{time.perf_counter() - start:.1f} s)")
     else:

@@ -1,0 +1,321 @@
+"""The add-on's "Fit to Images" operator in real Blender (bpy), against the real backend.
+
+The scene: Suzanne rendered by Cycles from 8 cameras (64x64 PNGs with a transparent
+film) as the cameras' background images, and a UV sphere to fit; fits run at 32x32
+on the CPU for a few dozen iterations. The modal path is driven by the test: it
+plays Blender's event loop, calling the operator's modal() with timer and Esc events.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+bpy = pytest.importorskip("bpy")
+
+from backend.renderer import Cameras, RenderSettings, render_silhouette  # noqa: E402
+from devtools import demo  # noqa: E402
+
+pytestmark = [pytest.mark.blender, pytest.mark.slow]
+
+ITERATIONS = 24
+RESOLUTION = 32
+SPHERE = "Sphere"
+
+
+@pytest.fixture(scope="module")
+def scene_file(tmp_path_factory):
+    return demo.build_scene(tmp_path_factory.mktemp("fit_scene"), cameras=8, size=64,
+                            samples=2, start="UV_SPHERE")
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory):
+    """The add-on registered from this checkout, its user folder in a temporary place."""
+    import softras_blender
+
+    previous = os.environ.get("SOFTRAS_USER_DIR")
+    os.environ["SOFTRAS_USER_DIR"] = str(tmp_path_factory.mktemp("softras_user"))
+    softras_blender.register()
+    yield softras_blender
+    softras_blender.unregister()
+    if previous is None:
+        del os.environ["SOFTRAS_USER_DIR"]
+    else:
+        os.environ["SOFTRAS_USER_DIR"] = previous
+
+
+@pytest.fixture
+def scene(scene_file, addon):
+    """A freshly opened copy of the scene, the sphere active, small fit settings."""
+    bpy.ops.wm.open_mainfile(filepath=str(scene_file))
+    scene = bpy.context.scene
+    bpy.context.view_layer.objects.active = scene.objects[SPHERE]
+    settings = scene.softras
+    settings.iterations = ITERATIONS
+    settings.resolution = RESOLUTION
+    return scene
+
+
+def coordinates(obj) -> np.ndarray:
+    co = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", co)
+    return co.reshape(-1, 3)
+
+
+def key_coordinates(obj, name="SoftRas Fit") -> np.ndarray:
+    block = obj.data.shape_keys.key_blocks[name]
+    co = np.empty(len(block.points) * 3, np.float32)
+    block.points.foreach_get("co", co)
+    return co.reshape(-1, 3)
+
+
+def assert_untouched(obj, original: np.ndarray) -> None:
+    """The mesh is exactly as it was: same coordinates, no shape keys, no fit colours."""
+    assert obj.data.shape_keys is None
+    np.testing.assert_array_equal(coordinates(obj), original)
+    assert "SoftRas Color" not in obj.data.color_attributes
+    assert not [o for o in bpy.data.objects if o.name.endswith("SoftRas Fit")]
+
+
+def mean_iou(scene, local_vertices: np.ndarray, obj) -> float:
+    """Hard IoU of the mesh's silhouettes against the targets, through our renderer."""
+    from softras_blender import scene_export
+
+    settings = scene.softras
+    cameras = scene_export.scene_cameras(scene, "ALL")
+    views = scene_export.export_views(scene, cameras, "BACKGROUND", resolution=settings.resolution)
+    world = np.array(obj.matrix_world)
+    vertices = local_vertices @ world[:3, :3].T + world[:3, 3]
+    obj.data.calc_loop_triangles()
+    faces = np.empty(len(obj.data.loop_triangles) * 3, np.int32)
+    obj.data.loop_triangles.foreach_get("vertices", faces)
+    cams = Cameras.from_matrices([v.camera for v in views], dtype=torch.float32)
+    alpha = render_silhouette(torch.tensor(vertices, dtype=torch.float32),
+                              torch.tensor(faces.reshape(-1, 3), dtype=torch.int64), cams,
+                              RenderSettings(sigma=1e-3)).numpy() > 0.5
+    target = np.stack([v.image[..., 3] for v in views]) > 0.5
+    return float(np.mean((alpha & target).sum((1, 2)) / (alpha | target).sum((1, 2))))
+
+
+class DrivenFit:
+    """Stands in for the operator instance Blender makes on invoke, so the test can play
+    Blender's event loop: `begin` is invoke without the window's timer and modal handler
+    (a background Blender has neither), `modal` is the operator's own."""
+
+    from softras_blender.operators import SOFTRAS_OT_fit as _op
+
+    _begin = _op._begin
+    modal = _op.modal
+    _finish = _op._finish
+    _fail = _op._fail
+    _cancel = _op._cancel
+    _stop_timer = _op._stop_timer
+
+    def __init__(self, device="CPU", backend_command=""):
+        self.device = device
+        self.backend_command = backend_command
+        self.reports = []
+
+    def report(self, level, message):
+        self.reports.append((next(iter(level)), message))
+
+    def begin(self, context):
+        return self._begin(context)
+
+    def tick(self, context, kind="TIMER"):
+        return self.modal(context, SimpleNamespace(type=kind, value="NOTHING"))
+
+    def run_until(self, context, condition, timeout=180.0):
+        """Timer events every 0.1 s until ``condition(result)``; returns the last result."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.tick(context)
+            if condition(result):
+                return result
+            time.sleep(0.1)
+        raise TimeoutError("the fit did not get there in time")
+
+
+# -- background mode ---------------------------------------------------------------------
+
+
+def test_background_fit_raises_iou_into_a_shape_key_and_keeps_the_basis(scene, addon):
+    from softras_blender import operators
+
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    before = mean_iou(scene, original, sphere)
+
+    assert bpy.ops.softras.fit(device="CPU") == {"FINISHED"}
+
+    keys = sphere.data.shape_keys.key_blocks
+    assert list(keys.keys()) == ["Basis", "SoftRas Fit"]
+    assert keys["SoftRas Fit"].value == 1.0
+    np.testing.assert_array_equal(coordinates(sphere), original)
+    np.testing.assert_array_equal(key_coordinates(sphere, "Basis"), original)
+    fitted = key_coordinates(sphere)
+    after = mean_iou(scene, fitted, sphere)
+    assert after > before + 0.2, (before, after)
+    result = operators.last_result()
+    assert result["status"] == "done" and result["object"] == SPHERE
+    assert set(result["fit_iou"]) == {f"Camera.{i:02d}" for i in range(8)}
+    assert abs(result["mean_fit_iou"] - after) < 0.1
+    assert operators.running_session() is None
+
+
+# -- the modal path, driven by the test ----------------------------------------------------
+
+
+def test_modal_fit_applies_streamed_vertices_while_running(scene, addon):
+    from softras_blender import operators
+
+    context = bpy.context
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    op = DrivenFit()
+    session = op.begin(context)
+    assert session is not None and operators.running_session() is session
+
+    seen = []
+
+    def record(result):
+        if session.updates > len(seen):
+            seen.append(key_coordinates(bpy.data.objects[SPHERE]).copy())
+        return result != {"PASS_THROUGH"}
+
+    assert op.run_until(context, record) == {"FINISHED"}
+    assert len(seen) >= 3
+    changes = [np.abs(b - a).max() for a, b in zip(seen, seen[1:], strict=False)]
+    assert all(change > 0 for change in changes)  # each update moved the mesh
+    assert operators.running_session() is None
+    np.testing.assert_array_equal(key_coordinates(sphere, "Basis"), original)
+    assert op.reports and op.reports[-1][0] == "INFO"
+
+
+def test_esc_cancels_and_restores_the_mesh(scene, addon):
+    context = bpy.context
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    op = DrivenFit()
+    session = op.begin(context)
+    op.run_until(context, lambda result: session.updates >= 1)
+    assert sphere.data.shape_keys is not None  # the fit was showing
+    assert op.tick(context, "ESC") == {"CANCELLED"}
+    assert_untouched(bpy.data.objects[SPHERE], original)
+    assert session.client._process.poll() is not None  # the backend is gone
+
+
+def test_cancel_button_stops_the_fit_and_restores_the_mesh(scene, addon):
+    from softras_blender import operators
+
+    context = bpy.context
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    op = DrivenFit()
+    session = op.begin(context)
+    op.run_until(context, lambda result: session.updates >= 1)
+    assert bpy.ops.softras.cancel_fit() == {"FINISHED"}
+    assert op.tick(context) == {"CANCELLED"}
+    assert_untouched(bpy.data.objects[SPHERE], original)
+    assert operators.running_session() is None
+    assert not bpy.ops.softras.cancel_fit.poll()
+
+
+def test_backend_crash_during_the_fit_is_reported_and_the_mesh_restored(scene, addon):
+    context = bpy.context
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    op = DrivenFit()
+    session = op.begin(context)
+    op.run_until(context, lambda result: session.updates >= 1)
+    os.kill(session.client.pid, signal.SIGKILL)
+    assert op.run_until(context, lambda result: result != {"PASS_THROUGH"},
+                        timeout=30) == {"CANCELLED"}
+    level, message = op.reports[-1]
+    assert level == "ERROR" and "SIGKILL" in message
+    assert_untouched(bpy.data.objects[SPHERE], original)
+
+
+# -- bad input: a clear error and the mesh as it was ------------------------------------------
+
+
+def fit_error(**overrides) -> str:
+    with pytest.raises(RuntimeError) as info:
+        bpy.ops.softras.fit(device="CPU", **overrides)
+    return str(info.value)
+
+
+def test_camera_without_an_image(scene, addon):
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    camera = scene.objects["Camera.03"]
+    camera.data.background_images.clear()
+    collection = bpy.data.collections.new("rig")
+    scene.collection.children.link(collection)
+    for obj in scene.objects:
+        if obj.type == "CAMERA":
+            collection.objects.link(obj)
+    scene.softras.camera_source = "COLLECTION"
+    scene.softras.camera_collection = collection
+    message = fit_error()
+    assert "'Camera.03' has no background image" in message
+    assert_untouched(sphere, original)
+
+
+def test_image_of_another_aspect_than_the_render(scene, addon):
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    wide = bpy.data.images.new("wide", 64, 32, alpha=True)
+    pixels = np.zeros((32, 64, 4), np.float32)
+    pixels[8:24, 24:40] = 1.0
+    wide.pixels.foreach_set(pixels.ravel())
+    scene.objects["Camera.02"].data.background_images[0].image = wide
+    message = fit_error()
+    assert "'wide' of camera 'Camera.02'" in message and "aspect" in message
+    assert_untouched(sphere, original)
+
+
+def test_no_mesh_and_no_silhouettes(scene, addon):
+    for obj in scene.objects:
+        if obj.type == "CAMERA":
+            obj.data.background_images.clear()
+    scene.softras.mesh_source = "HULL"
+    message = fit_error()
+    assert "none of the scene's 8 cameras has a background image" in message
+    assert not [o for o in bpy.data.objects if o.name.endswith("SoftRas Fit")]
+
+
+def test_non_mesh_object(scene, addon):
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    bpy.context.view_layer.objects.active = scene.objects["Camera.00"]
+    assert "'Camera.00' is a camera object, not a mesh" in fit_error()
+    scene.softras.mesh_source = "OBJECT"
+    scene.softras.target_object = scene.objects["Camera.01"]
+    assert "'Camera.01' is a camera object, not a mesh" in fit_error()
+    assert_untouched(sphere, original)
+
+
+def test_missing_backend_python(scene, addon):
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    message = fit_error(backend_command="/nonexistent/python3")
+    assert "Cannot start the fit" in message and "/nonexistent/python3" in message
+    assert_untouched(sphere, original)
+
+
+def test_backend_that_crashes_at_start(scene, addon):
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    crash = f"{sys.executable} -c 'import sys; sys.exit(3)'"
+    message = fit_error(backend_command=crash)
+    assert "Fit failed" in message and "exited with code 3" in message
+    assert_untouched(sphere, original)
