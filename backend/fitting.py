@@ -89,22 +89,24 @@ class FitOptions:
     "sphere" stretches an icosphere over the hull's bounding box; ``init_faces`` is
     the hull's face count (0: chosen from the image size).
     ``align_initial`` moves and scales a given mesh onto the silhouettes first.
+    The learning rate decays exponentially to ``lr_final`` times its start.
     """
 
-    iterations: int = 300
+    iterations: int = 100
     learning_rate: float = 0.01
+    lr_final: float = 0.1
     views_per_step: int = 8
     resolution_start: float = 0.25
     coarse_fraction: float = 0.5
     sigma_start: float = 1.0
-    sigma_end: float = 0.05
+    sigma_end: float = 0.003
     sharpen_fraction: float = 0.9
     subdivide_at: tuple[float, ...] = ()
     max_faces: int = 20000
     silhouette_weight: float = 1.0
     color_weight: float = 1.0
-    laplacian_weight: float = 0.5
-    flatten_weight: float = 0.001
+    laplacian_weight: float = 50.0
+    flatten_weight: float = 1.0
     edge_weight: float = 0.0
     normal_weight: float = 0.01
     fit_transform: bool = True
@@ -123,6 +125,7 @@ class FitOptions:
         checks = [
             (self.iterations >= 0, "iterations must be >= 0"),
             (self.learning_rate > 0, "learning_rate must be positive"),
+            (0 < self.lr_final <= 1, "lr_final (a fraction of learning_rate) must be in (0, 1]"),
             (self.color_learning_rate > 0, "color_learning_rate must be positive"),
             (self.views_per_step >= 1, "views_per_step must be >= 1"),
             (0 < self.resolution_start <= 1, "resolution_start must be in (0, 1]"),
@@ -519,6 +522,7 @@ class _Mesh:
             groups.append({"params": [self.color_logits],
                            "lr": self.options.color_learning_rate})
         self.optimizer = torch.optim.Adam(groups, betas=(0.5, 0.99))
+        self.base_lrs = [g["lr"] for g in groups]
 
     def shape(self) -> torch.Tensor:
         """Normalised-frame vertices before the global transform."""
@@ -629,6 +633,9 @@ def fit(
                     f"skipped the subdivision at iteration {it}: {4 * len(mesh.faces_np)} "
                     f"faces would exceed max_faces={options.max_faces}"
                 )
+        decay = options.lr_final ** (it / max(options.iterations - 1, 1))
+        for group, base_lr in zip(mesh.optimizer.param_groups, mesh.base_lrs, strict=True):
+            group["lr"] = base_lr * decay
         level = _level_at(it, options, len(levels))
         groups = groups_at(level)
         sigma = _sigma_at(it, options)

@@ -167,6 +167,7 @@ class Service:
         self._write_failed = threading.Event()
         self._worker: threading.Thread | None = None
         self._stop = threading.Event()
+        self._finished = threading.Event()
         self._fit_id = None
         self._iteration = 0
         self._stats_lock = threading.Lock()
@@ -244,11 +245,13 @@ class Service:
 
     def _start_fit(self, message: dict) -> None:
         fit_id = message["fit_id"]
-        if self._worker is not None and self._worker.is_alive():
-            self.outbox.send(error_message(
-                fit_id, f"fit {self._fit_id} is still running: cancel it and wait for its "
-                "'done' message before starting another", kind="busy", fatal=False))
-            return
+        if self._worker is not None:
+            if not self._finished.is_set():
+                self.outbox.send(error_message(
+                    fit_id, f"fit {self._fit_id} is still running: cancel it and wait for its "
+                    "'done' message before starting another", kind="busy", fatal=False))
+                return
+            self._worker.join()  # it has sent its last message and is exiting
         fitting = self._fitting
         try:
             views = [_parse_view(fitting, i, v) for i, v in enumerate(message["views"])]
@@ -261,6 +264,7 @@ class Service:
             self.outbox.send(error_message(fit_id, text, kind="fit", fatal=False))
             return
         self._stop = threading.Event()
+        self._finished = threading.Event()
         self._fit_id = fit_id
         self._iteration = 0
         with self._stats_lock:
@@ -269,13 +273,22 @@ class Service:
                  "visual hull start" if vertices is None else f"{len(vertices)} vertices",
                  options.device)
         self._worker = threading.Thread(
-            target=self._run_fit, args=(fit_id, views, vertices, faces, options, self._stop),
+            target=self._run_fit,
+            args=(fit_id, views, vertices, faces, options, self._stop, self._finished),
             name=f"fit-{fit_id}", daemon=True)
         self._worker.start()
 
     # -- worker thread -----------------------------------------------------------------
 
-    def _run_fit(self, fit_id, views, vertices, faces, options, stop: threading.Event) -> None:
+    def _run_fit(self, fit_id, views, vertices, faces, options, stop: threading.Event,
+                 finished: threading.Event) -> None:
+        try:
+            self.outbox.finish(self._fit_outcome(fit_id, views, vertices, faces, options, stop))
+        finally:
+            finished.set()
+
+    def _fit_outcome(self, fit_id, views, vertices, faces, options, stop) -> dict:
+        """Run one fit; its done or error message."""
         fitting = self._fitting
 
         def on_progress(p) -> None:
@@ -292,18 +305,16 @@ class Service:
         try:
             result = fitting.fit(views, vertices, faces, options, on_progress=on_progress,
                                  should_stop=stop.is_set)
+            log.info("fit %s %s after %d iterations", fit_id, result.status, result.iterations)
+            return done_message(fit_id, result)
         except fitting.FitError as exc:
             log.info("fit %s rejected: %s", fit_id, exc)
-            self.outbox.finish(error_message(fit_id, str(exc), kind="fit", fatal=False))
-            return
+            return error_message(fit_id, str(exc), kind="fit", fatal=False)
         except Exception as exc:
             log.exception("fit %s failed", fit_id)
-            self.outbox.finish(error_message(
+            return error_message(
                 fit_id, f"The fit failed: {type(exc).__name__}: {exc} (the backend log has the "
-                "details)", kind="internal", fatal=False))
-            return
-        log.info("fit %s %s after %d iterations", fit_id, result.status, result.iterations)
-        self.outbox.finish(done_message(fit_id, result))
+                "details)", kind="internal", fatal=False)
 
     # -- writer thread -----------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from .renderer import Cameras, project_points
 
 # Point depths below this (world units) count as behind a perspective camera.
 _MIN_DEPTH = 1e-6
-_CHUNK = 1 << 17
+_CHUNK = 1 << 21  # points x views projected at once
 
 
 @dataclass
@@ -86,24 +86,31 @@ def hull_field(points: np.ndarray, silhouettes: Silhouettes, per_view: bool = Fa
     judge (outside the image of a view whose silhouette is cut by the border, or
     behind such a camera) get -inf for that view.
     """
-    out = []
-    for start in range(0, len(points), _CHUNK):
-        chunk = points[start:start + _CHUNK]
-        columns = [_view_field(chunk, cam, sdf, cut)
-                   for cam, sdf, cut in zip(silhouettes.cameras, silhouettes.sdf,
-                                            silhouettes.cut, strict=True)]
-        out.append(np.stack(columns, axis=1))
-    stacked = np.concatenate(out) if out else np.zeros((0, len(silhouettes.sdf)))
-    return stacked if per_view else stacked.max(axis=1)
+    n_views = len(silhouettes.sdf)
+    cams = Cameras(
+        intrinsics=torch.tensor(np.stack([c.intrinsics for c in silhouettes.cameras])),
+        world_to_camera=torch.tensor(np.stack([c.world_to_camera
+                                               for c in silhouettes.cameras])),
+        orthographic=torch.tensor([c.orthographic for c in silhouettes.cameras]),
+        width=0, height=0,  # project_points does not use the image size
+    )
+    chunk = max(4096, _CHUNK // n_views)
+    out = np.empty((len(points), n_views))
+    for start in range(0, len(points), chunk):
+        pts = torch.as_tensor(points[start:start + chunk], dtype=torch.float64)
+        uvz = project_points(pts, cams).numpy()  # (n_views, n, 3)
+        for k in range(n_views):
+            out[start:start + chunk, k] = _view_field(uvz[k], silhouettes.cameras[k],
+                                                      silhouettes.sdf[k], silhouettes.cut[k])
+    return out if per_view else out.max(axis=1)
 
 
-def _view_field(points: np.ndarray, cam: CameraMatrices, sdf: np.ndarray, cut: bool):
-    cams = Cameras.from_matrices([cam], dtype=torch.float64)
-    uvz = project_points(torch.as_tensor(points, dtype=torch.float64), cams)[0].numpy()
+def _view_field(uvz: np.ndarray, cam: CameraMatrices, sdf: np.ndarray, cut: bool):
+    """One view's column of `hull_field` from the points' projections (n, 3) [u, v, z]."""
     u, v, z = uvz[:, 0], uvz[:, 1], uvz[:, 2]
     H, W = sdf.shape
     if np.isinf(sdf).all():
-        return np.full(len(points), float(sdf.flat[0]))
+        return np.full(len(uvz), float(sdf.flat[0]))
     x = np.clip(u - 0.5, 0, W - 1)
     y = np.clip(v - 0.5, 0, H - 1)
     pixels = _bilinear(sdf, x, y)
@@ -113,10 +120,9 @@ def _view_field(points: np.ndarray, cam: CameraMatrices, sdf: np.ndarray, cut: b
     focal = 0.5 * (cam.intrinsics[0, 0] + cam.intrinsics[1, 1])
     scale = 1.0 / focal if cam.orthographic else np.maximum(z, _MIN_DEPTH) / focal
     world = pixels * scale
-    behind = (~np.full_like(z, cam.orthographic, dtype=bool)) & (z <= _MIN_DEPTH)
-    outside_image = beyond > 0
+    behind = np.zeros_like(z, dtype=bool) if cam.orthographic else z <= _MIN_DEPTH
     if cut:
-        world[outside_image | behind] = -np.inf
+        world[(beyond > 0) | behind] = -np.inf
     else:
         world[behind] = np.inf
     return world
@@ -300,7 +306,7 @@ def visual_hull(silhouettes: Silhouettes, target_faces: int = 3000,
     if target_faces < 100:
         raise ValueError(f"target_faces must be at least 100, got {target_faces}")
     bbox_min, bbox_max, messages = object_bounds(silhouettes)
-    resolution = 48
+    resolution = 32
     for _ in range(4):
         verts, faces = carve(silhouettes, bbox_min, bbox_max, resolution)
         ratio = len(faces) / target_faces

@@ -29,15 +29,16 @@ from backend.camera import orbit_cameras  # noqa: E402
 from devtools import cycles_render as cycles  # noqa: E402
 
 TARGET_COLOR = (0.8, 0.35, 0.1)  # linear RGB of the target's material
+DISTANCE = 5.0  # cameras from the origin; a 50 mm lens then sees 3.6 units across
 
 
 def camera_rig(count: int) -> list[np.ndarray]:
     """World matrices of ``count`` cameras around the origin on up to three rings."""
     if count >= 12 and count % 3 == 0:
-        return orbit_cameras(count // 3, [-25.0, 15.0, 50.0], 6.0, azimuth_offset_deg=15.0)
+        return orbit_cameras(count // 3, [-25.0, 15.0, 50.0], DISTANCE, azimuth_offset_deg=15.0)
     if count % 2 == 0 and count >= 4:
-        return orbit_cameras(count // 2, [-15.0, 35.0], 6.0, azimuth_offset_deg=15.0)
-    return orbit_cameras(count, [20.0], 6.0, azimuth_offset_deg=15.0)
+        return orbit_cameras(count // 2, [-15.0, 35.0], DISTANCE, azimuth_offset_deg=15.0)
+    return orbit_cameras(count, [20.0], DISTANCE, azimuth_offset_deg=15.0)
 
 
 def _diffuse_material(color) -> bpy.types.Material:
@@ -125,7 +126,7 @@ def build_scene(out_dir: Path, *, cameras: int = 24, size: int = 128, samples: i
         bpy.ops.mesh.primitive_ico_sphere_add(subdivisions=3, radius=1.0)
         bpy.context.active_object.name = "Icosphere"
     elif start == "UV_SPHERE":
-        bpy.ops.mesh.primitive_uv_sphere_add(segments=24, ring_count=12, radius=1.0)
+        bpy.ops.mesh.primitive_uv_sphere_add(segments=24, ring_count=12, radius=0.4)
         bpy.context.active_object.name = "Sphere"
     elif start != "NONE":
         raise ValueError(f"unknown start {start!r}")

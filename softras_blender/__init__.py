@@ -2,22 +2,26 @@
 
 A Blender 4.2+ extension. The fitting itself runs in a separate backend process
 (`client.BackendClient`, PyTorch and CUDA kernels); this package only reads and
-writes Blender data. Registration is instant: heavy modules load when a fit starts.
+writes Blender data. Importing the package loads nothing (so its bpy-free helpers,
+`silhouettes`, `environment`, `fit_options`, import without Blender); `register`
+loads the Blender modules, and the heavy ones load only when a fit starts.
 """
 
 from __future__ import annotations
 
-from . import operators, panels, preferences, properties
 
-# Registered in this order, unregistered in reverse.
-modules = (properties, preferences, operators, panels)
+def _modules():
+    """The modules with classes to register, in registration order."""
+    from . import operators, panels, preferences, properties
+
+    return (properties, preferences, operators, panels)
 
 
 def register():
-    for module in modules:
+    for module in _modules():
         module.register()
 
 
 def unregister():
-    for module in reversed(modules):
+    for module in reversed(_modules()):
         module.unregister()

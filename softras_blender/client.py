@@ -327,8 +327,10 @@ class BackendClient:
 
     def _on_hello(self, hello: dict) -> None:
         if hello.get("protocol") != protocol.PROTOCOL_VERSION:
-            self._set_failure(f"The backend speaks protocol version {hello.get('protocol')}, this "
-                       f"add-on {protocol.PROTOCOL_VERSION}: install matching versions")
+            self._set_failure(f"The backend speaks protocol version {hello.get('protocol')}, "
+                              f"this add-on {protocol.PROTOCOL_VERSION}: install matching "
+                              "versions")
+            return
         self.hello = hello
 
     def _on_message(self, message: dict) -> dict | None:

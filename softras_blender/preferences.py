@@ -56,6 +56,10 @@ def backend_settings(context=None) -> dict:
     prefs = get(context)
     if prefs is None:
         return {"mode": "AUTO", "custom_command": "", "device": "AUTO"}
+    return _settings_of(prefs)
+
+
+def _settings_of(prefs) -> dict:
     return {"mode": prefs.backend_mode, "custom_command": prefs.custom_command,
             "device": prefs.device}
 
@@ -101,7 +105,7 @@ class SoftRasPreferences(AddonPreferences):
             col.prop(self, "custom_command")
         col.prop(self, "device")
         try:
-            python = " ".join(backend_command(backend_settings(context)))
+            python = " ".join(backend_command(_settings_of(self)))
             col.label(text=f"Backend runs with: {python}", icon="CONSOLE")
         except ValueError as exc:
             col.label(text=str(exc).split(":")[0], icon="ERROR")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("bpy")
@@ -44,7 +45,8 @@ def test_fits_a_mesh_and_writes_blend_obj_and_report(scene_file, tmp_path):
     out, obj, report = tmp_path / "fitted.blend", tmp_path / "fitted.obj", tmp_path / "r.json"
     done = run([str(HEADLESS), "--", "--scene", str(scene_file), "--object", "Sphere",
                 "--iterations", "20", "--resolution", "32", "--device", "cpu",
-                "--hold-out-every", "4", "--output", str(out), "--export-obj", str(obj),
+                "--hold-out-every", "4", "--fit-colors", "--output", str(out),
+                "--export-obj", str(obj),
                 "--report", str(report)], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "SoftRas: iteration" in done.stdout  # progress lines while it runs
@@ -62,13 +64,19 @@ def test_fits_a_mesh_and_writes_blend_obj_and_report(scene_file, tmp_path):
     assert len(data["loss_history"]) == 20 and "total" in data["loss_history"][-1]
     assert data["timing"]["total"] > 0 and data["iterations"] == 20
 
-    lines = obj.read_text().splitlines()
-    assert sum(line.startswith("v ") for line in lines) == 24 * 11 + 2  # the UV sphere's
+    vertices = [line.split()[1:] for line in obj.read_text().splitlines()
+                if line.startswith("v ")]
+    assert len(vertices) == 24 * 11 + 2  # the UV sphere's, with x y z r g b each
+    rgb = np.array([[float(x) for x in v[3:6]] for v in vertices])
+    # 20 steps only start the colours off from grey, but towards the target's orange.
+    assert rgb[:, 0].mean() > rgb[:, 1].mean() > rgb[:, 2].mean()
     check = run(["-c", (
         "import bpy, sys; bpy.ops.wm.open_mainfile(filepath=sys.argv[1]);"
         "o = bpy.data.objects['Sphere'];"
-        "print('KEYS', list(o.data.shape_keys.key_blocks.keys()))"), str(out)], tmp_path)
+        "print('KEYS', list(o.data.shape_keys.key_blocks.keys()));"
+        "print('COLORS', list(o.data.color_attributes.keys()))"), str(out)], tmp_path)
     assert "KEYS ['Basis', 'SoftRas Fit']" in check.stdout, check.stderr[-2000:]
+    assert "COLORS ['SoftRas Color']" in check.stdout
 
 
 def test_starts_from_the_visual_hull_with_images_from_a_folder(scene_file, tmp_path):
