@@ -51,6 +51,8 @@ INITS = ("hull", "sphere")
 # point-sampled coverage of the pixel centre.
 EVAL_SIGMA = 1e-3
 EVAL_BATCH = 8
+# The coarsest level's longer image side, in pixels: smaller images show too little.
+MIN_LEVEL_SIDE = 32
 # Views whose silhouette covers fewer pixels than this count as empty.
 MIN_SILHOUETTE_PIXELS = 1
 
@@ -93,7 +95,7 @@ class FitOptions:
     """
 
     iterations: int = 100
-    learning_rate: float = 0.01
+    learning_rate: float = 0.03
     lr_final: float = 0.1
     views_per_step: int = 8
     resolution_start: float = 0.25
@@ -112,7 +114,7 @@ class FitOptions:
     fit_transform: bool = True
     fit_colors: bool = False
     lighting: bool = False
-    color_learning_rate: float = 0.05
+    color_learning_rate: float = 0.1
     device: str = "auto"
     seed: int = 0
     stream_every: int = 10
@@ -461,12 +463,15 @@ def _level_groups(prep: _Prepared, indices: list[int], scale: float, center: np.
     return out
 
 
-def _levels(options: FitOptions) -> list[float]:
+def _levels(options: FitOptions, smallest_side: int) -> list[float]:
+    """Resolution scales from coarse to full (1.0), halving; none below MIN_LEVEL_SIDE px."""
+    start = max(options.resolution_start, min(1.0, MIN_LEVEL_SIDE / smallest_side))
     levels = [1.0]
-    while levels[0] / 2 >= options.resolution_start * 0.999 and options.coarse_fraction > 0:
-        levels.insert(0, levels[0] / 2)
-    if options.coarse_fraction > 0 and levels[0] > options.resolution_start * 1.001:
-        levels.insert(0, options.resolution_start)
+    if options.coarse_fraction > 0:
+        while levels[0] / 2 >= start * 0.999:
+            levels.insert(0, levels[0] / 2)
+        if levels[0] > start * 1.001:
+            levels.insert(0, start)
     return levels
 
 
@@ -588,11 +593,15 @@ def fit(
 
     base = torch.tensor((verts0 - center) / norm_scale, dtype=dtype, device=device)
     with_rgb = options.fit_colors
-    init_colors = torch.full_like(base, 0.5) if with_rgb else None
+    init_colors = None
+    if with_rgb:
+        init_colors = torch.tensor(_initial_colors(prep, verts0, faces0), dtype=dtype,
+                                   device=device)
     mesh = _Mesh(base, faces0, options, init_colors)
     settings = _render_settings(prep, verts0, options)
 
-    levels = _levels(options)
+    levels = _levels(options, min(max(prep.views[i].camera.width, prep.views[i].camera.height)
+                                  for i in prep.train_idx))
     level_groups = [None] * len(levels)
 
     def groups_at(level: int) -> dict[int, _Group]:
@@ -650,7 +659,7 @@ def fit(
         terms = _image_losses(verts, mesh.faces, colors, chosen, groups, step_settings,
                               options, latest_iou, prep.fit_idx)
         shape = mesh.shape()
-        terms["laplacian"] = losses.laplacian_loss(shape, mesh.laplacian)
+        terms["laplacian"] = losses.laplacian_loss(mesh.offsets, mesh.laplacian)
         terms["flatten"] = losses.flatten_loss(shape, mesh.adjacency)
         terms["edge"] = losses.edge_length_loss(shape, mesh.edges, mesh.edge_target)
         terms["normal"] = losses.normal_consistency_loss(shape, mesh.faces, mesh.adjacency)
@@ -741,6 +750,40 @@ def fit(
         status=status,
         message="; ".join([summary] + messages),
     )
+
+
+def _initial_colors(prep: _Prepared, vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Per-vertex RGB (V, 3): the average of the target colours each vertex projects onto,
+    over the views it faces (a cheap visibility test), inside the silhouettes; grey where
+    no view sees it."""
+    tri = vertices[faces]
+    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals = np.zeros_like(vertices)
+    np.add.at(normals, faces.reshape(-1), np.repeat(face_n, 3, axis=0))
+    normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+    total = np.zeros_like(vertices)
+    weight = np.zeros(len(vertices))
+    pts = torch.as_tensor(vertices, dtype=torch.float64)
+    for i in prep.train_idx:
+        cam, image = prep.views[i].camera, np.asarray(prep.views[i].image)
+        uvz = project_points(pts, Cameras.from_matrices([cam], dtype=torch.float64))[0].numpy()
+        x = np.clip(np.floor(uvz[:, 0]).astype(np.int64), 0, cam.width - 1)
+        y = np.clip(np.floor(uvz[:, 1]).astype(np.int64), 0, cam.height - 1)
+        c2w = np.linalg.inv(cam.world_to_camera)
+        if cam.orthographic:
+            to_camera = np.broadcast_to(-c2w[:3, 2], vertices.shape)
+        else:
+            to_camera = c2w[:3, 3] - vertices
+            to_camera = to_camera / np.maximum(np.linalg.norm(to_camera, axis=1,
+                                                              keepdims=True), 1e-12)
+        facing = np.maximum((normals * to_camera).sum(axis=1), 0.0)
+        w = facing * (image[y, x, 3] > 0.5) * (uvz[:, 2] > 0)
+        total += w[:, None] * image[y, x, :3]
+        weight += w
+    colors = np.full_like(vertices, 0.5)
+    seen = weight > 1e-6
+    colors[seen] = total[seen] / weight[seen, None]
+    return np.clip(colors, 0.0, 1.0)
 
 
 def _to_world(vertices: torch.Tensor, center: np.ndarray, scale: float) -> np.ndarray:

@@ -292,6 +292,7 @@ class Service:
         fitting = self._fitting
 
         def on_progress(p) -> None:
+            start = time.perf_counter()
             self._iteration = p.iteration
             self.outbox.post_progress(progress_message(fit_id, p))
             if p.vertices is not None:
@@ -301,6 +302,8 @@ class Service:
                     "vertices": np.array(p.vertices, dtype=np.float32),
                     "faces": None if p.faces is None else np.array(p.faces, dtype=np.int32),
                 })
+            with self._stats_lock:
+                self._stats["post_seconds"] += time.perf_counter() - start
 
         try:
             result = fitting.fit(views, vertices, faces, options, on_progress=on_progress,
@@ -419,7 +422,8 @@ def error_message(fit_id, text: str, kind: str, fatal: bool) -> dict:
 
 
 def _new_stats() -> dict:
-    return {"frames": 0, "vertex_frames": 0, "bytes": 0, "write_seconds": 0.0}
+    return {"frames": 0, "vertex_frames": 0, "bytes": 0, "write_seconds": 0.0,
+            "post_seconds": 0.0}
 
 
 def _parse_view(fitting, index: int, view: dict):

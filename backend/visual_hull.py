@@ -84,7 +84,8 @@ def hull_field(points: np.ndarray, silhouettes: Silhouettes, per_view: bool = Fa
     distance (world units, approximately) outside each silhouette: negative inside
     the visual hull. With per_view, returns (N, n_views) instead. Points a view cannot
     judge (outside the image of a view whose silhouette is cut by the border, or
-    behind such a camera) get -inf for that view.
+    behind such a camera) get -inf for that view; points no view can judge are +inf
+    (outside: nothing saw them).
     """
     n_views = len(silhouettes.sdf)
     cams = Cameras(
@@ -102,7 +103,14 @@ def hull_field(points: np.ndarray, silhouettes: Silhouettes, per_view: bool = Fa
         for k in range(n_views):
             out[start:start + chunk, k] = _view_field(uvz[k], silhouettes.cameras[k],
                                                       silhouettes.sdf[k], silhouettes.cut[k])
-    return out if per_view else out.max(axis=1)
+    return out if per_view else combine_views(out)
+
+
+def combine_views(per_view: np.ndarray) -> np.ndarray:
+    """(N, n_views) per-view fields -> (N,) hull field; unjudged points count as outside."""
+    field = per_view.max(axis=1)
+    field[np.isneginf(field)] = np.inf
+    return field
 
 
 def _view_field(uvz: np.ndarray, cam: CameraMatrices, sdf: np.ndarray, cut: bool):
@@ -162,11 +170,13 @@ def object_bounds(silhouettes: Silhouettes, resolution: int = 40) -> tuple[np.nd
     """
     messages = []
     center, radius = _initial_cube(silhouettes)
-    for attempt in range(5):
+    # The first cube is generous (see _initial_cube); two doublings cover cameras
+    # whose silhouettes' centres miss the object's centre.
+    for attempt in range(3):
         lo, hi = center - radius, center + radius
         points, shape = _grid(lo, hi, resolution)
         per_view = hull_field(points, silhouettes, per_view=True)
-        inside = per_view.max(axis=1) < 0
+        inside = combine_views(per_view) < 0
         if not inside.any():
             if attempt == 0:
                 _explain_empty(per_view, silhouettes)
@@ -181,7 +191,7 @@ def object_bounds(silhouettes: Silhouettes, resolution: int = 40) -> tuple[np.nd
         box_hi = lo + (idx.max(axis=0) + 1) * step
         if not touches:
             return np.maximum(box_lo, lo), np.minimum(box_hi, hi), messages
-        if attempt < 4:
+        if attempt < 2:
             center = 0.5 * (box_lo + box_hi)
             radius = radius * 2.0
     else:
@@ -201,7 +211,7 @@ def _explain_empty(per_view: np.ndarray, silhouettes: Silhouettes) -> None:
     n = per_view.shape[1]
     if n > 1:
         for k in range(n):
-            others = np.delete(per_view, k, axis=1).max(axis=1)
+            others = combine_views(np.delete(per_view, k, axis=1))
             if (others < 0).any():
                 culprits.append(silhouettes.names[k])
     if culprits:

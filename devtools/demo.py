@@ -126,7 +126,7 @@ def build_scene(out_dir: Path, *, cameras: int = 24, size: int = 128, samples: i
         bpy.ops.mesh.primitive_ico_sphere_add(subdivisions=3, radius=1.0)
         bpy.context.active_object.name = "Icosphere"
     elif start == "UV_SPHERE":
-        bpy.ops.mesh.primitive_uv_sphere_add(segments=24, ring_count=12, radius=0.4)
+        bpy.ops.mesh.primitive_uv_sphere_add(segments=24, ring_count=12, radius=1.0)
         bpy.context.active_object.name = "Sphere"
     elif start != "NONE":
         raise ValueError(f"unknown start {start!r}")

@@ -13,7 +13,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 OUT="${OUT:-out/demo}"
-ITERATIONS="${ITERATIONS:-200}"
+ITERATIONS="${ITERATIONS:-300}"
 RESOLUTION="${RESOLUTION:-128}"
 DEVICE="${DEVICE:-auto}"
 mkdir -p "$OUT"

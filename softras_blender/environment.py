@@ -67,7 +67,7 @@ def backend_python(mode: str, custom_command: str, user_dir: str | os.PathLike,
         blender_has_torch = python_has_torch()
     managed = venv_python(Path(user_dir) / VENV_FOLDER)
     if mode == "CUSTOM":
-        argv = shlex.split(custom_command, posix=os.name != "nt")
+        argv = split_command(custom_command)
         if not argv:
             raise ValueError("the backend command is empty: enter the path of a Python with "
                              "torch in the add-on's preferences, or pick another backend")
@@ -81,6 +81,11 @@ def backend_python(mode: str, custom_command: str, user_dir: str | os.PathLike,
             "'Install Backend' in the add-on's preferences, or set a custom backend command"
         )
     return [str(managed)]
+
+
+def split_command(command: str) -> list[str]:
+    """A command line -> argv, split like this platform's shell would."""
+    return shlex.split(command, posix=os.name != "nt")
 
 
 def cuda_version(nvidia_smi_output: str) -> tuple[int, int] | None:

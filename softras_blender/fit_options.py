@@ -1,43 +1,72 @@
 """The panel's few settings -> the backend's `backend.fitting.FitOptions` fields.
 
-Plain Python (no bpy, no torch): Blender cannot import backend.fitting (it needs
-torch), so the handful of defaults this mapping builds on are restated here and
-tests/test_addon_units.py checks them against FitOptions.
+Plain Python (no bpy, no torch). The sharpness presets and the smoothness scale the
+backend's own defaults, which Blender cannot import (backend.fitting needs torch):
+`backend_defaults` reads them from the source of the add-on's bundled
+backend/fitting.py instead, so they are never restated here.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-DEFAULT_ITERATIONS = 300
 DEFAULT_RESOLUTION = 256  # longest image side the fit works at, pixels
 DEFAULT_SHARPNESS = "MEDIUM"
 DEVICES = ("AUTO", "CPU", "CUDA")
+FITTING_SOURCE = Path(__file__).resolve().parent / "backend" / "fitting.py"
 
-# FitOptions' regulariser weights at smoothness 1 (its defaults).
-SMOOTHNESS_WEIGHTS = {"laplacian_weight": 0.5, "flatten_weight": 0.001, "normal_weight": 0.01}
+# The regulariser weights that "smoothness" scales.
+SMOOTHNESS_WEIGHTS = ("laplacian_weight", "flatten_weight", "normal_weight")
 
 
 @dataclass(frozen=True)
 class SharpnessPreset:
-    """Edge softness (squared pixels) at the start and the end of the fit; None keeps
-    the backend's own schedule."""
+    """Factors on the backend's edge-softness schedule (sigma, squared pixels)."""
 
     label: str
     description: str
-    sigma_start: float | None
-    sigma_end: float | None
+    start_factor: float
+    end_factor: float
 
 
 SHARPNESS_PRESETS = {
-    "SOFT": SharpnessPreset("Soft", "Soft edges throughout: robust for rough starts and "
-                            "noisy silhouettes, less detail", 2.0, 0.3),
-    "MEDIUM": SharpnessPreset("Medium", "The backend's default schedule", None, None),
-    "SHARP": SharpnessPreset("Sharp", "Ends with crisp edges: more detail, needs a start "
-                             "close to the target", 0.5, 0.02),
+    "SOFT": SharpnessPreset("Soft", "Softer edges throughout: robust for rough starts and "
+                            "noisy silhouettes, less detail", 2.0, 10.0),
+    "MEDIUM": SharpnessPreset("Medium", "The backend's default schedule", 1.0, 1.0),
+    "SHARP": SharpnessPreset("Sharp", "Crisper edges: more detail, needs a start close to "
+                             "the target", 0.5, 0.3),
 }
+
+
+@functools.cache
+def backend_defaults(source: Path = FITTING_SOURCE) -> dict:
+    """The literal defaults of ``FitOptions`` in backend/fitting.py, by field name."""
+    try:
+        tree = ast.parse(Path(source).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"cannot read the backend's fit options from {source}: {exc}; "
+                         "reinstall the add-on") from exc
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FitOptions"]
+    if not classes:
+        raise ValueError(f"{source} defines no FitOptions: the add-on's backend is incomplete")
+    defaults = {}
+    for statement in classes[0].body:
+        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
+                and statement.value is not None):
+            try:
+                defaults[statement.target.id] = ast.literal_eval(statement.value)
+            except ValueError:
+                continue  # not a literal (a default factory): not needed here
+    needed = ("iterations", "sigma_start", "sigma_end", *SMOOTHNESS_WEIGHTS)
+    missing = [k for k in needed if k not in defaults]
+    if missing:
+        raise ValueError(f"FitOptions in {source} has no literal default for {missing}")
+    return defaults
 
 
 def options_from_settings(settings: dict, device: str) -> dict:
@@ -69,10 +98,12 @@ def options_from_settings(settings: dict, device: str) -> dict:
         # Stream about 30 meshes per fit, but not more often than every 5 steps.
         "stream_every": max(5, iterations // 30),
     }
-    if preset.sigma_start is not None:
-        options.update(sigma_start=preset.sigma_start, sigma_end=preset.sigma_end)
+    defaults = backend_defaults()
+    if sharpness != "MEDIUM":
+        options["sigma_start"] = defaults["sigma_start"] * preset.start_factor
+        options["sigma_end"] = defaults["sigma_end"] * preset.end_factor
     if smoothness != 1.0:
-        options.update({k: v * smoothness for k, v in SMOOTHNESS_WEIGHTS.items()})
+        options.update({k: defaults[k] * smoothness for k in SMOOTHNESS_WEIGHTS})
     return options
 
 

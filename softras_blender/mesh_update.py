@@ -61,16 +61,16 @@ class FitTarget:
     """The objects a fit writes to, and what it takes to undo the writes.
 
     source_name: the mesh object being fitted, or None when the fit starts from the
-    visual hull; source_faces: the (F, 3) triangles sent for it (faces that come
-    back equal to them are no topology change). collection: where a new result
-    object is linked.
+    visual hull; scene_name: the scene whose collection gets a new result object;
+    source_faces: the (F, 3) triangles sent for the source (faces that come back
+    equal to them are no topology change).
     """
 
-    def __init__(self, source_name: str | None, collection,
+    def __init__(self, source_name: str | None, scene_name: str,
                  source_faces: np.ndarray | None = None):
         self.source_name = source_name
+        self.scene_name = scene_name
         self._source_faces = source_faces
-        self.collection_name = collection.name if collection else None
         self.result_name: str | None = None  # a new object holding a changed topology
         self._saved: dict | None = None
         self._to_local = None
@@ -201,9 +201,10 @@ class FitTarget:
             base = self.source_name or "Visual Hull"
             mesh = bpy.data.meshes.new(base + RESULT_SUFFIX)
             obj = bpy.data.objects.new(base + RESULT_SUFFIX, mesh)
-            collection = (bpy.data.collections.get(self.collection_name)
-                          if self.collection_name else None)
-            (collection or bpy.context.scene.collection).objects.link(obj)
+            scene = bpy.data.scenes.get(self.scene_name)
+            if scene is None:
+                raise RuntimeError(f"the scene {self.scene_name!r} being fitted was deleted")
+            scene.collection.objects.link(obj)
             if self.source_name is not None:
                 obj.matrix_world = self.source.matrix_world.copy()
             self.result_name = obj.name

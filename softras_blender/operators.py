@@ -6,7 +6,6 @@ saved into a .blend file nor undone. Heavy modules load inside execute/invoke.
 
 from __future__ import annotations
 
-import shlex
 import sys
 
 import bpy
@@ -137,11 +136,12 @@ class SOFTRAS_OT_fit(Operator):
 
     def _begin(self, context, verbose: bool = False):
         """Export the scene and launch the backend; None (after a report) on bad input."""
+        from .environment import split_command
         from .scene_export import ExportError
         from .session import FitSession
 
         device = None if self.device == "PREFERENCES" else self.device
-        python = shlex.split(self.backend_command) if self.backend_command.strip() else None
+        python = split_command(self.backend_command) or None
         try:
             session = FitSession(context, device=device, backend_python=python,
                                  verbose=verbose)

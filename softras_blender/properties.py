@@ -62,9 +62,9 @@ class SoftRasSettings(PropertyGroup):
     )
     image_folder: StringProperty(name="Folder", subtype="DIR_PATH",
                                  description="Folder with <camera name>.png (or .exr, ...)")
-    iterations: IntProperty(name="Iterations", default=fit_options.DEFAULT_ITERATIONS,
-                            min=1, soft_max=5000, max=100000,
-                            description="Optimisation steps")
+    iterations: IntProperty(
+        name="Iterations", default=fit_options.backend_defaults()["iterations"], min=1,
+        soft_max=5000, max=100000, description="Optimisation steps")
     resolution: IntProperty(
         name="Resolution", default=fit_options.DEFAULT_RESOLUTION, min=0, soft_max=1024,
         subtype="PIXEL",

@@ -58,7 +58,6 @@ class FitSession:
         scene = context.scene
         settings = scene.softras
         self.verbose = verbose
-        self.scene_name = scene.name
 
         if settings.mesh_source == "HULL":
             source = None
@@ -101,7 +100,7 @@ class FitSession:
             self.command = default_backend_command(python)
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
-        self.target = FitTarget(source.name if source else None, scene.collection, self.faces)
+        self.target = FitTarget(source.name if source else None, scene.name, self.faces)
 
         self.client: BackendClient | None = None
         self.fit_sent = False
@@ -127,10 +126,6 @@ class FitSession:
         if not self.fit_sent:
             return "Starting the backend..."
         return f"{self.iteration} / {self.iterations}"
-
-    @property
-    def source_name(self) -> str | None:
-        return self.target.source_name
 
     # -- the loop -------------------------------------------------------------------
 

@@ -193,25 +193,29 @@ def test_step_runner_runs_steps_in_order_and_stops_at_a_failure(tmp_path):
 # -- settings -> FitOptions --------------------------------------------------------------
 
 
-def test_fit_options_builds_on_the_backends_own_defaults():
+def test_backend_defaults_are_read_from_the_fitting_source_without_torch():
     fitting = pytest.importorskip("backend.fitting")
-    defaults = fitting.FitOptions()
-    for name, weight in fit_options.SMOOTHNESS_WEIGHTS.items():
-        assert getattr(defaults, name) == weight
-    assert fit_options.DEFAULT_ITERATIONS == defaults.iterations
-    medium = fit_options.options_from_settings(
-        {"iterations": 10, "sharpness": "MEDIUM", "fit_colors": False, "smoothness": 1.0}, "AUTO")
-    assert not {"sigma_start", "sigma_end", "laplacian_weight"} & set(medium)
+    defaults = fit_options.backend_defaults()
+    actual = fitting.FitOptions()
+    numeric = {k: v for k, v in defaults.items() if isinstance(v, int | float | str | bool)}
+    assert len(numeric) > 10
+    for name, value in numeric.items():
+        assert getattr(actual, name) == value, name
 
 
 def test_settings_map_to_valid_fit_options():
     fitting = pytest.importorskip("backend.fitting")
+    defaults = fitting.FitOptions()
     settings = {"iterations": 90, "sharpness": "SHARP", "fit_colors": True, "smoothness": 2.0}
     options = fit_options.options_from_settings(settings, "CUDA")
     parsed = fitting.FitOptions.from_dict(options)  # the backend accepts every key
     assert parsed.iterations == 90 and parsed.device == "cuda" and parsed.fit_colors
-    assert parsed.laplacian_weight == 2 * fit_options.SMOOTHNESS_WEIGHTS["laplacian_weight"]
-    assert parsed.sigma_end == fit_options.SHARPNESS_PRESETS["SHARP"].sigma_end
+    assert parsed.laplacian_weight == 2 * defaults.laplacian_weight
+    sharp = fit_options.SHARPNESS_PRESETS["SHARP"]
+    assert parsed.sigma_end == pytest.approx(sharp.end_factor * defaults.sigma_end)
+    medium = fit_options.options_from_settings({**settings, "sharpness": "MEDIUM",
+                                                "smoothness": 1.0}, "AUTO")
+    assert not {"sigma_start", "sigma_end", "laplacian_weight"} & set(medium)
     with pytest.raises(ValueError, match="sharpness"):
         fit_options.options_from_settings({**settings, "sharpness": "FUZZY"}, "CPU")
 

@@ -100,6 +100,14 @@ def test_hello_reports_versions_and_device(backend):
     assert hello["pid"] == backend.pid
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc")
+def test_the_backend_opens_no_socket(backend):
+    fds = Path(f"/proc/{backend.pid}/fd")
+    targets = [os.readlink(fd) for fd in fds.iterdir()]
+    assert sum(t.startswith("pipe:") for t in targets) >= 3
+    assert not [t for t in targets if t.startswith("socket:")]
+
+
 def test_a_small_fit_streams_vertices_and_improves_the_iou(backend, scene):
     vertices, faces, views = scene
     fit_id = backend.start_fit(vertices, faces, views,

@@ -1,0 +1,293 @@
+"""The fitting engine on small CPU scenes: real improvement, progress, cancellation and
+the bad inputs it must explain instead of crashing on."""
+
+import numpy as np
+import pytest
+import torch
+from fit_scenes import box, cameras, render_images, sphere, views_of
+
+from backend import fitting, losses
+from backend.camera import blender_camera, look_at
+from backend.fitting import FitError, FitOptions, View, fit
+from backend.mesh_ops import check_mesh
+
+SMALL = {"views_per_step": 4, "stream_every": 5}
+
+
+def options(**kw) -> FitOptions:
+    return FitOptions(**{**SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def box_views():
+    v, f = box((0.7, 0.5, 0.4))
+    return views_of(v, f, cameras((48, 48)), held_out=(2, 9))
+
+
+@pytest.fixture(scope="module")
+def sphere_views():
+    v, f = sphere(0.7, level=3)
+    return views_of(v, f, cameras((48, 48)), held_out=(4,))
+
+
+def initial_iou(views, vertices, faces) -> float:
+    """Mean hard IoU of a mesh over the non-held-out views (zero iterations)."""
+    result = fit(views, vertices, faces, options(iterations=0))
+    return result.mean_fit_iou
+
+
+def test_sphere_fits_a_box(box_views):
+    v0, f0 = sphere(0.6, level=3)
+    before = initial_iou(box_views, v0, f0)
+    result = fit(box_views, v0, f0, options(iterations=60))
+    assert result.status == "done" and result.iterations == 60
+    assert result.mean_fit_iou > before + 0.1
+    assert result.mean_fit_iou > 0.9
+    assert set(result.heldout_iou) == {"view 2", "view 9"}
+    assert min(result.heldout_iou.values()) > 0.85
+    assert not result.topology_changed and np.array_equal(result.faces, f0)
+    assert result.vertices.dtype == np.float32 and result.faces.dtype == np.int32
+
+
+def test_box_fits_a_sphere(sphere_views):
+    v0, f0 = box((0.5, 0.5, 0.5), subdivisions=3)
+    before = initial_iou(sphere_views, v0, f0)
+    result = fit(sphere_views, v0, f0, options(iterations=60))
+    assert result.mean_fit_iou > before + 0.05
+    assert result.mean_fit_iou > 0.9
+    # The corners are pulled in towards the sphere of radius 0.7.
+    radius = np.linalg.norm(result.vertices, axis=1)
+    assert radius.max() < np.sqrt(3) * 0.5 * 0.98
+
+
+def test_fit_moves_and_scales_onto_an_offset_target():
+    center = np.array([0.4, -0.3, 0.2])
+    views = views_of(*sphere(0.5, center, level=2), cameras((48, 48)))
+    v0, f0 = sphere(0.9, level=2)
+    before = initial_iou(views, v0, f0)
+    result = fit(views, v0, f0, options(iterations=60))
+    assert result.mean_fit_iou > before + 0.2
+    assert result.mean_fit_iou > 0.85
+    fitted_center = 0.5 * (result.vertices.min(axis=0) + result.vertices.max(axis=0))
+    assert np.linalg.norm(fitted_center - center) < 0.1
+    extent = result.vertices.max(axis=0) - result.vertices.min(axis=0)
+    assert np.allclose(extent, 1.0, atol=0.15)
+
+
+def test_align_initial_puts_a_far_mesh_onto_the_silhouettes(box_views):
+    v0, f0 = sphere(3.0, (20.0, 5.0, -4.0), level=2)
+    far = fit(box_views, v0, f0, options(iterations=0))
+    assert far.mean_fit_iou == 0.0
+    assert "align_initial" in far.message
+    aligned = fit(box_views, v0, f0, options(iterations=0, align_initial=True))
+    assert aligned.mean_fit_iou > 0.5
+    assert "moved and scaled" in aligned.message
+
+
+@pytest.mark.parametrize("init", ["hull", "sphere"])
+def test_fit_without_a_mesh_starts_from_the_silhouettes(box_views, init):
+    result = fit(box_views, options=options(iterations=20, init=init))
+    assert result.topology_changed and result.mean_fit_iou > 0.85
+    assert check_mesh(result.faces).closed_manifold
+    assert ("visual hull" if init == "hull" else "icosphere") in result.message
+
+
+def test_progress_streams_vertices_and_faces(box_views):
+    events = []
+    result = fit(box_views, options=options(iterations=12, stream_every=5),
+                 on_progress=events.append)
+    assert [p.iteration for p in events] == list(range(1, 13))
+    streamed = [p.iteration for p in events if p.vertices is not None]
+    assert streamed == [1, 5, 10, 12]
+    assert events[0].faces is not None and events[0].faces.dtype == np.int32
+    assert all(p.faces is None for p in events[1:])
+    first = events[0]
+    assert {"silhouette", "laplacian", "flatten", "edge", "normal", "total"} <= set(first.losses)
+    assert len(first.view_iou) == 10 and first.mean_iou == pytest.approx(np.mean(first.view_iou))
+    assert events[-1].elapsed >= first.elapsed > 0
+    assert np.array_equal(events[-1].vertices, result.vertices)
+    assert len(result.loss_history) == 12
+
+
+def test_subdivision_changes_topology_and_streams_the_new_faces(box_views):
+    v0, f0 = sphere(0.6, level=1)
+    events = []
+    result = fit(box_views, v0, f0, options(iterations=10, subdivide_at=(0.5,), stream_every=5),
+                 on_progress=events.append)
+    assert len(result.faces) == 4 * len(f0) and result.topology_changed
+    assert check_mesh(result.faces).closed_manifold
+    with_faces = [p.iteration for p in events if p.faces is not None]
+    assert with_faces == [1, 10]  # the first vertices, then the first after the split
+
+
+def test_subdivision_beyond_max_faces_is_skipped_and_said(box_views):
+    v0, f0 = sphere(0.6, level=1)
+    result = fit(box_views, v0, f0, options(iterations=4, subdivide_at=(0.5,), max_faces=100))
+    assert len(result.faces) == len(f0)
+    assert "max_faces" in result.message
+
+
+def test_should_stop_cancels_and_keeps_the_last_state(box_views):
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 5
+
+    events = []
+    result = fit(box_views, options=options(iterations=50), on_progress=events.append,
+                 should_stop=stop)
+    assert result.status == "cancelled" and result.iterations == 5
+    assert "cancelled" in result.message
+    assert np.isfinite(result.vertices).all()
+    assert len(result.loss_history) == 5
+
+
+def test_same_seed_same_result(box_views):
+    a = fit(box_views, options=options(iterations=8, seed=3))
+    b = fit(box_views, options=options(iterations=8, seed=3))
+    assert np.array_equal(a.vertices, b.vertices)
+    assert a.loss_history == b.loss_history
+
+
+def test_colors_are_fitted_inside_the_silhouettes():
+    v, f = box((0.6, 0.6, 0.6), subdivisions=1)
+    red = np.tile([[0.9, 0.1, 0.1]], (len(v), 1))
+    cams = cameras((40, 40))
+    views = views_of(v, f, cams, colors=red)
+    result = fit(views, v, f, options(iterations=40, fit_colors=True))
+    assert result.colors is not None and result.colors.shape == (len(v), 3)
+    assert np.allclose(result.colors.mean(axis=0), [0.9, 0.1, 0.1], atol=0.1)
+    assert result.loss_history[-1]["color"] < result.loss_history[0]["color"]
+
+
+def test_colors_with_lighting_run_and_stay_in_range(box_views):
+    result = fit(box_views, options=options(iterations=5, fit_colors=True, lighting=True))
+    assert result.colors is not None
+    assert result.colors.min() >= 0 and result.colors.max() <= 1
+
+
+def test_views_of_different_sizes_fit_together():
+    v, f = box((0.7, 0.5, 0.4))
+    cams = cameras((48, 48), azimuths=4) + cameras((64, 40), azimuths=4, azimuth_offset=45.0)
+    views = views_of(v, f, cams)
+    result = fit(views, options=options(iterations=15))
+    assert len(result.fit_iou) == 16 and result.mean_fit_iou > 0.85
+
+
+def test_empty_and_full_silhouettes_are_skipped_with_a_message(box_views):
+    empty = View(box_views[0].camera, np.zeros_like(box_views[0].image), name="empty")
+    full_image = box_views[1].image.copy()
+    full_image[..., 3] = 1.0
+    full = View(box_views[1].camera, full_image, name="full")
+    result = fit(box_views + [empty, full], options=options(iterations=5))
+    assert "empty: the silhouette is empty" in result.message
+    assert "full: the silhouette fills the whole image" in result.message
+    assert result.status == "done" and "empty" in result.fit_iou
+
+
+def test_no_usable_silhouette_raises(box_views):
+    empty = [View(v.camera, np.zeros_like(v.image), name=v.name) for v in box_views]
+    with pytest.raises(FitError, match="no view has a usable silhouette"):
+        fit(empty)
+
+
+def test_border_cut_silhouettes_warn_but_fit():
+    v, f = box((0.7, 0.5, 0.4))
+    views = views_of(v, f, cameras((48, 48), distance=2.4))
+    result = fit(views, v * 0.9, f, options(iterations=5))
+    assert "cut by the image border" in result.message and result.status == "done"
+
+
+def test_a_camera_that_does_not_see_the_object_is_named(box_views):
+    away = blender_camera(matrix_world=look_at((6.0, 0.0, 0.0), (12.0, 0.0, 0.0)),
+                          resolution_x=48, resolution_y=48)
+    stray = View(away, box_views[0].image, name="stray")
+    with pytest.raises(FitError, match="stray"):
+        fit(box_views + [stray], options=options(iterations=2))
+    # With a mesh given, the fit goes on and says which view shows nothing of it.
+    v0, f0 = sphere(0.6, level=2)
+    result = fit(box_views + [stray], v0, f0, options(iterations=2))
+    assert "does not overlap the silhouette in stray" in result.message
+
+
+def test_image_and_camera_sizes_must_agree(box_views):
+    bad = View(box_views[0].camera, box_views[0].image[:40], name="cropped")
+    with pytest.raises(FitError, match="cropped.*set the render resolution"):
+        fit([bad] + box_views[1:])
+    with pytest.raises(FitError, match="RGBA"):
+        fit([View(box_views[0].camera, box_views[0].image[..., :3])])
+
+
+def test_polygon_faces_are_triangulated_and_defects_reported(box_views):
+    v = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]) * 0.5
+    quads = [[0, 1, 3, 2], [4, 6, 7, 5], [0, 4, 5, 1], [2, 3, 7, 6], [0, 2, 6, 4], [1, 5, 7, 3]]
+    result = fit(box_views, v, quads, options(iterations=3))
+    assert "split 6 polygons" in result.message and len(result.faces) == 12
+    assert result.topology_changed
+    open_box = fit(box_views, v, quads[1:], options(iterations=3))
+    assert "boundary edges" in open_box.message and open_box.status == "done"
+
+
+def test_nonmanifold_initial_mesh_is_reported_and_fitted(box_views):
+    v0, f0 = sphere(0.6, level=2)
+    extra = np.concatenate([v0, [[0.0, 0.0, 2.0]]])
+    e = f0[0]
+    fin = np.array([[e[0], e[1], len(v0)]])
+    result = fit(box_views, extra, np.concatenate([f0, fin]), options(iterations=3))
+    assert "non-manifold" in result.message and result.status == "done"
+
+
+def test_bad_meshes_raise(box_views):
+    v0, f0 = sphere(0.6, level=1)
+    with pytest.raises(FitError, match="face indices"):
+        fit(box_views, v0, f0 + 1000)
+    with pytest.raises(FitError, match="NaN"):
+        fit(box_views, np.full_like(v0, np.nan), f0)
+    with pytest.raises(FitError, match="without faces"):
+        fit(box_views, v0, None)
+
+
+def test_nan_during_optimisation_returns_the_last_good_state(box_views, monkeypatch):
+    calls = []
+    real = losses.laplacian_loss
+
+    def flaky(vertices, lap):
+        calls.append(1)
+        value = real(vertices, lap)
+        return value * float("nan") if len(calls) > 3 else value
+
+    monkeypatch.setattr(fitting.losses, "laplacian_loss", flaky)
+    result = fit(box_views, options=options(iterations=20))
+    assert result.status == "diverged" and result.iterations == 3
+    assert "laplacian" in result.message and "NaN" in result.message
+    assert np.isfinite(result.vertices).all() and result.mean_fit_iou > 0.5
+
+
+def test_options_round_trip_and_reject_unknown_keys():
+    o = FitOptions(iterations=7, subdivide_at=(0.3, 0.6), fit_colors=True)
+    assert FitOptions.from_dict(o.to_dict()) == o
+    with pytest.raises(FitError, match="unknown fit options.*bogus"):
+        FitOptions.from_dict({"bogus": 1})
+    with pytest.raises(FitError, match="iterations"):
+        FitOptions.from_dict({"iterations": "many"})
+    with pytest.raises(FitError, match="learning_rate"):
+        FitOptions(learning_rate=-1.0)
+
+
+def test_device_resolution():
+    assert fitting.resolve_device("cpu") == "cpu"
+    assert fitting.resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(FitError):
+        fitting.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FitError, match="cuda"):
+            fitting.resolve_device("cuda")
+
+
+def test_renders_used_as_targets_have_real_silhouettes(box_views):
+    # Guard for the fixtures: every view sees part of the box and some background.
+    alpha = np.stack([v.image[..., 3] for v in box_views])
+    coverage = (alpha > 0.5).mean(axis=(1, 2))
+    assert np.all(coverage > 0.05) and np.all(coverage < 0.8)
+    assert render_images is not None

@@ -1,0 +1,145 @@
+"""The fitter's loss terms: known values on tiny meshes and images, and their gradients."""
+
+import numpy as np
+import pytest
+import torch
+
+from backend import losses
+from backend.mesh_ops import edge_adjacency, edges, laplacian
+
+# Two triangles sharing the edge (0, 1), both counter-clockwise seen from +z when flat.
+HINGE_FACES = np.array([[0, 1, 2], [1, 0, 3]])
+
+
+def hinge(angle_deg: float) -> torch.Tensor:
+    """Vertices of the hinge with dihedral angle `angle_deg` between its two flaps."""
+    a = np.radians(angle_deg)
+    return torch.tensor(
+        [[-1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, np.cos(a), np.sin(a)]],
+        dtype=torch.float64,
+    )
+
+
+def octahedron():
+    v = torch.tensor([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]],
+                     dtype=torch.float64)
+    f = np.array([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4],
+                  [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    return v, f
+
+
+def test_iou_loss_is_zero_for_identical_and_one_for_disjoint_silhouettes():
+    a = torch.zeros(1, 4, 4)
+    a[0, :2] = 1.0
+    b = torch.zeros(1, 4, 4)
+    b[0, 2:] = 1.0
+    assert losses.silhouette_iou_loss(a, a).item() == pytest.approx(0.0)
+    assert losses.silhouette_iou_loss(a, b).item() == pytest.approx(1.0)
+
+
+def test_iou_loss_known_soft_value_and_batch_mean():
+    pred = torch.full((1, 2, 2), 0.5)
+    target = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    # |A*T| = 1, |A + T - A*T| = 2 + 2 - 1 = 3.
+    assert losses.silhouette_iou_loss(pred, target).item() == pytest.approx(1 - 1 / 3)
+    both = losses.silhouette_iou_loss(torch.cat([pred, target]), torch.cat([target, target]))
+    assert both.item() == pytest.approx((1 - 1 / 3) / 2)
+
+
+def test_iou_loss_of_two_empty_images_is_zero():
+    empty = torch.zeros(2, 3, 3)
+    assert losses.silhouette_iou_loss(empty, empty).item() == 0.0
+
+
+def test_iou_loss_gradient_matches_finite_differences():
+    torch.manual_seed(0)
+    pred = torch.rand(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    target = (torch.rand(2, 5, 6, dtype=torch.float64) > 0.5).double()
+    assert torch.autograd.gradcheck(lambda p: losses.silhouette_iou_loss(p, target), (pred,))
+
+
+def test_hard_iou_thresholds_both_images():
+    pred = torch.tensor([[[0.9, 0.6], [0.4, 0.0]]])
+    target = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    # pred > 0.5: two pixels, target: two pixels, one shared -> 1/3.
+    assert losses.hard_iou(pred, target).item() == pytest.approx(1 / 3)
+    assert losses.hard_iou(torch.zeros(1, 2, 2), torch.zeros(1, 2, 2)).item() == 1.0
+
+
+def test_color_l1_only_counts_the_masked_pixels():
+    pred = torch.zeros(1, 2, 2, 3)
+    target = torch.ones(1, 2, 2, 3)
+    target[0, 1] = 7.0  # outside the mask: ignored
+    mask = torch.tensor([[[1.0, 1.0], [0.0, 0.0]]])
+    assert losses.color_l1_loss(pred, target, mask).item() == pytest.approx(1.0)
+    assert losses.color_l1_loss(pred, target, torch.zeros(1, 2, 2)).item() == 0.0
+
+
+def test_laplacian_is_sparse_and_matches_the_dense_definition():
+    v, f = octahedron()
+    lap = laplacian(f, 6, dtype=torch.float64)
+    assert lap.is_sparse
+    dense = lap.to_dense()
+    assert torch.allclose(dense.sum(dim=1), torch.zeros(6, dtype=torch.float64))
+    assert torch.allclose(torch.diagonal(dense), torch.ones(6, dtype=torch.float64))
+    # Vertex 0's neighbours are 2, 3, 4 and 5, each weighted -1/4.
+    assert dense[0, 2].item() == pytest.approx(-0.25)
+    assert dense[0, 1].item() == 0.0
+
+
+def test_laplacian_loss_of_octahedron_is_squared_radius():
+    v, f = octahedron()
+    lap = laplacian(f, 6, dtype=torch.float64)
+    # Every vertex's neighbours average to the origin, so (L v)_i = v_i, |v_i|^2 = 1.
+    assert losses.laplacian_loss(v, lap).item() == pytest.approx(1.0)
+    assert losses.laplacian_loss(2 * v, lap).item() == pytest.approx(4.0)
+    v = v.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: losses.laplacian_loss(x, lap), (v,))
+
+
+@pytest.mark.parametrize(("angle", "expected"), [(180.0, 0.0), (90.0, 1.0), (0.0, 4.0)])
+def test_flatten_loss_known_dihedral_angles(angle, expected):
+    adj = edge_adjacency(HINGE_FACES)
+    assert len(adj.edge) == 1
+    assert losses.flatten_loss(hinge(angle), adj).item() == pytest.approx(expected, abs=1e-9)
+
+
+def test_flatten_loss_gradient():
+    adj = edge_adjacency(HINGE_FACES)
+    v = hinge(120.0).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: losses.flatten_loss(x, adj), (v,))
+
+
+@pytest.mark.parametrize(("angle", "expected"), [(180.0, 0.0), (90.0, 1.0)])
+def test_normal_consistency_known_values(angle, expected):
+    adj = edge_adjacency(HINGE_FACES)
+    faces = torch.as_tensor(HINGE_FACES)
+    value = losses.normal_consistency_loss(hinge(angle), faces, adj).item()
+    assert value == pytest.approx(expected, abs=1e-9)
+
+
+def test_normal_consistency_gradient():
+    adj = edge_adjacency(HINGE_FACES)
+    faces = torch.as_tensor(HINGE_FACES)
+    v = hinge(130.0).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: losses.normal_consistency_loss(x, faces, adj), (v,))
+
+
+def test_edge_length_loss_known_value_and_gradient():
+    v, f = octahedron()
+    e = torch.as_tensor(edges(f))
+    side = 2**0.5  # every octahedron edge
+    assert losses.edge_length_loss(v, e, side).item() == pytest.approx(0.0)
+    # Twice as long: ((2s - s) / s)^2 = 1.
+    assert losses.edge_length_loss(2 * v, e, side).item() == pytest.approx(1.0)
+    v = (v * 1.3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: losses.edge_length_loss(x, e, side), (v,))
+
+
+def test_regularisers_of_a_closed_convex_mesh_have_no_interior_edges_missing():
+    v, f = octahedron()
+    adj = edge_adjacency(f)
+    assert len(adj.edge) == 12  # every edge of a closed mesh has two faces
+    # A convex polyhedron folds at every edge, so flatten is positive.
+    assert losses.flatten_loss(v, adj).item() > 0
