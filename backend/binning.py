@@ -83,10 +83,9 @@ def bin_faces(
     tiles_y = -(-height // tile)
     n_tiles = tiles_x * tiles_y
     boxes = pixel_boxes(face_screen, margin, width, height)  # (B, F, 4)
-    boxes = torch.div(boxes, tile, rounding_mode="floor")
     # Empty pixel boxes (x1 < x0) must stay empty in tile units.
     empty = (boxes[..., 1] < boxes[..., 0]) | (boxes[..., 3] < boxes[..., 2]) | ~face_valid
-    boxes = boxes.masked_fill(empty[..., None], 0)
+    boxes = torch.div(boxes, tile, rounding_mode="floor").masked_fill(empty[..., None], 0)
     boxes[..., 1] = boxes[..., 1].masked_fill(empty, -1)
     owner, tx, ty = enumerate_cells(boxes.reshape(B * F, 4))
     camera, face = owner // F, owner % F
