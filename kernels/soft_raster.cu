@@ -30,6 +30,9 @@
 #define SOFTRAS_GLOBAL extern "C" __global__
 #endif
 
+// 64-bit offsets into (B, F, ...) and (B, H, W, ...) arrays (NVRTC has no <cstddef>).
+typedef long long index_t;
+
 // Edge function E(a, b, p): twice the signed area of triangle (a, b, p).
 template <typename T>
 __device__ __forceinline__ T edge_function(T ax, T ay, T bx, T by, T px, T py) {
@@ -160,7 +163,7 @@ __device__ void soft_raster_forward_impl(
     const int list = tile_list_index(camera, px, py, tile, tiles_x, tiles);
     for (int i = tile_offsets[list]; i < tile_offsets[list + 1]; ++i) {
         const int f = tile_faces[i];
-        const size_t face = size_t(camera) * F + f;
+        const index_t face = index_t(camera) * F + f;
         FaceSample<T> s;
         if (!sample_face(face_screen + 9 * face, cx, cy, d2_cutoff, &s)) continue;
         const T x = (s.inside ? s.d2 : -s.d2) / sigma;
@@ -183,7 +186,7 @@ __device__ void soft_raster_forward_impl(
             numerator[ch] += weight * (beta[0] * c[ch] + beta[1] * c[3 + ch] + beta[2] * c[6 + ch]);
     }
 
-    const size_t pixel = (size_t(camera) * H + py) * W + px;
+    const index_t pixel = (index_t(camera) * H + py) * W + px;
     const T alpha = -expm1(log_transparency);
     if (!with_color) {
         rgba[pixel] = alpha;
@@ -211,7 +214,7 @@ __device__ void soft_raster_backward_impl(
     const T cx = T(px) + T(0.5), cy = T(py) + T(0.5);
     const bool with_color = channels == 4;
     const bool ortho = orthographic[camera] != 0;
-    const size_t pixel = (size_t(camera) * H + py) * W + px;
+    const index_t pixel = (index_t(camera) * H + py) * W + px;
 
     const T alpha = rgba[channels * pixel + channels - 1];
     const T grad_alpha = grad_rgba[channels * pixel + channels - 1];
@@ -232,7 +235,7 @@ __device__ void soft_raster_backward_impl(
     const int list = tile_list_index(camera, px, py, tile, tiles_x, tiles);
     for (int i = tile_offsets[list]; i < tile_offsets[list + 1]; ++i) {
         const int f = tile_faces[i];
-        const size_t face = size_t(camera) * F + f;
+        const index_t face = index_t(camera) * F + f;
         FaceSample<T> s;
         if (!sample_face(face_screen + 9 * face, cx, cy, d2_cutoff, &s)) continue;
         const T x = (s.inside ? s.d2 : -s.d2) / sigma;

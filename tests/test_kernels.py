@@ -7,8 +7,10 @@ with a C++ compiler; see cuda_emulation.py) and on a real GPU through CuPy
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,6 +33,34 @@ def test_kernel_compiles_with_nvcc(source, tmp_path):
     for name in ("soft_raster_forward_f32", "soft_raster_backward_f32",
                  "soft_raster_forward_f64", "soft_raster_backward_f64"):
         assert f".entry {name}(" in ptx
+
+
+def nvrtc_library():
+    """libnvrtc from the nvidia-cuda-nvrtc wheel, or None."""
+    try:
+        import nvidia.cuda_nvrtc
+    except ImportError:
+        return None
+    found = sorted(Path(next(iter(nvidia.cuda_nvrtc.__path__))).glob("lib/libnvrtc.so*"))
+    return str(found[0]) if found else None
+
+
+@pytest.mark.skipif(nvrtc_library() is None, reason="the nvidia-cuda-nvrtc wheel is missing")
+@pytest.mark.parametrize("source", KERNELS, ids=lambda p: p.name)
+def test_kernel_compiles_with_nvrtc_like_cupy(source):
+    # CuPy's RawModule compiles with NVRTC, which has no host headers: check that too.
+    lib = ctypes.CDLL(nvrtc_library())
+    program = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(),
+                                  source.name.encode(), 0, None, None) == 0
+    options = (ctypes.c_char_p * 2)(b"--std=c++14", b"--gpu-architecture=compute_80")
+    status = lib.nvrtcCompileProgram(program, 2, options)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(program, log)
+    lib.nvrtcDestroyProgram(ctypes.byref(program))
+    assert status == 0, log.value.decode()
 
 
 @pytest.fixture(params=["emulated", pytest.param("gpu", marks=pytest.mark.gpu)])
