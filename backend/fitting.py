@@ -29,6 +29,7 @@ import torch
 from . import losses
 from .camera import CameraMatrices
 from .mesh_ops import (
+    EdgeAdjacency,
     as_triangles,
     edge_adjacency,
     edges,
@@ -81,17 +82,25 @@ class FitOptions:
     """Everything `fit` can be told; the defaults come from benchmarks/bench_fit.py.
 
     Schedule: the first ``coarse_fraction`` of the iterations render at reduced
-    resolution, starting at ``resolution_start`` of full size and doubling; sigma
-    (edge softness in squared pixels of the image being rendered) falls
-    geometrically from ``sigma_start`` to ``sigma_end`` over the first
-    ``sharpen_fraction`` of the iterations. ``subdivide_at`` lists fractions of the
-    iterations at which every face is split in four (skipped beyond ``max_faces``).
+    resolution, starting at ``resolution_start`` of full size (but no smaller than
+    32 px on the longer side) and doubling; sigma (edge softness in squared pixels of
+    the image being rendered) falls geometrically from ``sigma_start`` to
+    ``sigma_end`` over the first ``sharpen_fraction`` of the iterations; keep
+    ``sigma_end`` small, since soft edges fatten the silhouette and the fit would
+    shrink the mesh to compensate. ``subdivide_at`` lists fractions of the iterations
+    at which every face is split in four (skipped beyond ``max_faces``). The learning
+    rate decays exponentially to ``lr_final`` times its start.
+
+    Losses: ``silhouette_weight`` (1 - soft IoU), ``color_weight`` (L1 inside the
+    target silhouettes, with ``fit_colors``), ``laplacian_weight`` (Laplacian of the
+    vertex offsets, so the initial shape's own detail is kept), ``flatten_weight``,
+    ``edge_weight`` (edges near the initial mean length), ``normal_weight`` (normal
+    consistency); see `backend.losses`.
 
     Initial mesh (when none is given): ``init`` "hull" carves the visual hull,
     "sphere" stretches an icosphere over the hull's bounding box; ``init_faces`` is
-    the hull's face count (0: chosen from the image size).
+    the initial mesh's approximate face count (0: chosen from the image size).
     ``align_initial`` moves and scales a given mesh onto the silhouettes first.
-    The learning rate decays exponentially to ``lr_final`` times its start.
     """
 
     iterations: int = 100
@@ -107,7 +116,7 @@ class FitOptions:
     max_faces: int = 20000
     silhouette_weight: float = 1.0
     color_weight: float = 1.0
-    laplacian_weight: float = 50.0
+    laplacian_weight: float = 100.0
     flatten_weight: float = 1.0
     edge_weight: float = 0.0
     normal_weight: float = 0.01
@@ -354,7 +363,8 @@ def _initial_mesh(prep: _Prepared, vertices, faces, options: FitOptions):
                 return hull.vertices, hull.faces, None, messages
             lo, hi, warn = object_bounds(sil)
             messages += warn
-            level = sphere_subdivisions_for(size, size)
+            level = (sphere_subdivisions_for(size, size) if not options.init_faces
+                     else max(0, round(math.log(options.init_faces / 20, 4))))
             verts, tris = bbox_sphere(lo, hi, level)
             messages.append(f"initial mesh: an icosphere of {len(tris)} faces over the "
                             "silhouettes' bounding box")
@@ -515,7 +525,9 @@ class _Mesh:
         self.faces = torch.as_tensor(faces, dtype=torch.long, device=device)
         self.offsets = torch.zeros_like(self.base, requires_grad=True)
         self.laplacian = laplacian(faces, len(base), dtype=dtype, device=device)
-        self.adjacency = edge_adjacency(faces)
+        adjacency = edge_adjacency(faces)
+        self.adjacency = EdgeAdjacency(*(torch.as_tensor(x, device=device) for x in (
+            adjacency.edge, adjacency.opposite, adjacency.face_pair)))
         self.edges = torch.as_tensor(edges(faces), device=device)
         lengths = (self.base[self.edges[:, 0]] - self.base[self.edges[:, 1]]).norm(dim=1)
         self.edge_target = float(lengths.mean()) if len(lengths) else 1.0

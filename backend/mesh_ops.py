@@ -74,7 +74,8 @@ class EdgeAdjacency:
     """Interior edges shared by exactly two faces.
 
     edge: (E, 2) the edge's vertices; opposite: (E, 2) the vertex of each of the two
-    faces not on the edge; face_pair: (E, 2) the two faces. All int64.
+    faces not on the edge; face_pair: (E, 2) the two faces. All int64 (numpy arrays, or
+    torch tensors once moved to the optimiser's device).
     """
 
     edge: np.ndarray

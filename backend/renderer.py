@@ -188,7 +188,7 @@ def _rasterize(vertices, faces, cameras, colors, settings, backend):
     face_screen, face_valid = project_faces(vertices, faces, cameras, settings)
     face_colors = None
     if colors is not None:
-        face_colors = colors[faces]  # (F, 3, 3)
+        face_colors = gather_faces(colors, faces)  # (F, 3, 3)
         if settings.lighting is not None:
             face_colors = face_colors * face_light(vertices, faces, settings.lighting)[:, None, :]
         face_colors = face_colors.unsqueeze(0).expand(B, -1, -1, -1)
@@ -290,7 +290,7 @@ def project_faces(
     projected area under `MIN_SCREEN_AREA`, or back-facing when not double-sided.
     """
     screen = project_points(vertices, cameras)  # (B, V, 3)
-    face_screen = screen[:, faces]  # (B, F, 3, 3)
+    face_screen = gather_faces(screen, faces, dim=1)  # (B, F, 3, 3)
     with torch.no_grad():
         z = face_screen[..., 2]
         valid = ((z >= settings.near) & (z <= settings.far)).all(dim=-1)
@@ -300,6 +300,17 @@ def project_faces(
             # With v pointing down, a counter-clockwise (front) face has negative area.
             valid &= area2 < 0
     return face_screen, valid
+
+
+def gather_faces(values: torch.Tensor, faces: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Per-corner values of every face: values (..., V, C) -> (..., F, 3, C) along ``dim``.
+
+    Same as ``values[faces]`` (dim 0), but its backward pass is an index_add, which
+    is deterministic on the CPU; advanced indexing's accumulate is not with several
+    threads, and that made fits differ from run to run.
+    """
+    picked = values.index_select(dim, faces.reshape(-1))
+    return picked.unflatten(dim, (faces.shape[0], 3))
 
 
 def signed_area2(face_screen: torch.Tensor) -> torch.Tensor:
@@ -312,7 +323,7 @@ def signed_area2(face_screen: torch.Tensor) -> torch.Tensor:
 
 def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Unit normals (F, 3) of counter-clockwise faces; zero for degenerate faces."""
-    v = vertices[faces]
+    v = gather_faces(vertices, faces)
     n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
     length = n.norm(dim=-1, keepdim=True)
     return n / length.clamp_min(1e-12)

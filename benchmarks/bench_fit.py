@@ -14,7 +14,9 @@ them). Printed per run, for the fitted mesh and for the visual hull alone:
 - Chamfer: symmetric Chamfer distance (mean of both directions' mean nearest-point
   distances, 20k points sampled on each surface) relative to the true mesh's bounding
   box diagonal;
-- iterations and wall time of the fit (this machine's CPU unless a GPU is present).
+- iterations, wall time and process CPU time of the fit (on this machine's CPU;
+  CPU time / wall time shows how much of the cores the fit got when the machine is
+  shared).
 
 Not a test: it prints figures. Needs the ``blender`` extra (bpy).
 """
@@ -22,12 +24,15 @@ Not a test: it prints figures. Needs the ``blender`` extra (bpy).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 # Run as a script, Python puts benchmarks/ first on sys.path; import from the repo root.
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -84,12 +89,27 @@ def camera_params(center, radius, width, height):
     return fitting, held
 
 
+@contextlib.contextmanager
+def quiet_stdout():
+    """Silence Blender's per-render lines, which it writes to the process's stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def render_views(scene, params) -> list[np.ndarray]:
     cam = cycles.add_camera(scene, params[0], name="bench_camera")
     images = []
-    for p in params:
-        cycles.apply_camera_params(cam, scene, p)
-        images.append(cycles.render_rgba(scene, cam))
+    with quiet_stdout():
+        for p in params:
+            cycles.apply_camera_params(cam, scene, p)
+            images.append(cycles.render_rgba(scene, cam))
     return images
 
 
@@ -171,7 +191,9 @@ def run(model: str, width: int, height: int, options: FitOptions, keep: dict) ->
     hull = visual_hull(sil, target_faces=options.init_faces or _auto_init_faces(max(width,
                                                                                      height)))
     t_hull = time.perf_counter() - t1
+    cpu0 = time.process_time()
     result = fit(views, options=options)
+    fit_cpu = time.process_time() - cpu0
 
     diagonal = float(np.linalg.norm(hi - lo))
     fit_iou, fit_renders = cycles_iou(scene, obj, result.vertices, result.faces, held_params,
@@ -184,7 +206,7 @@ def run(model: str, width: int, height: int, options: FitOptions, keep: dict) ->
         "fit_chamfer": chamfer(result.vertices, result.faces, true_v, true_f, diagonal),
         "hull_chamfer": chamfer(hull.vertices, hull.faces, true_v, true_f, diagonal),
         "ours_heldout_iou": float(np.mean(list(result.heldout_iou.values()))),
-        "iterations": result.iterations, "fit_time": result.timing["total"],
+        "iterations": result.iterations, "fit_time": result.timing["total"], "fit_cpu": fit_cpu,
         "hull_time": t_hull, "faces": len(result.faces), "hull_faces": len(hull.faces),
         "status": result.status, "targets_time": t_targets,
     }
@@ -194,8 +216,9 @@ def run(model: str, width: int, height: int, options: FitOptions, keep: dict) ->
 
 
 def save_picture(path: Path, keep: dict) -> None:
-    """Held-out silhouettes: white = both, red = target only, blue = fitted only."""
-    from PIL import Image
+    """Held-out silhouettes, one row per run: white = both, red = target only, blue =
+    fitted only (Cycles renders of each)."""
+    from PIL import Image, ImageDraw
 
     rows = []
     for (model, width, height), (targets, fitted) in keep.items():
@@ -206,14 +229,18 @@ def save_picture(path: Path, keep: dict) -> None:
             tile[a & b] = 255
             tile[a & ~b] = (230, 40, 40)
             tile[~a & b] = (40, 90, 230)
-            if a.shape[0] != 240:
-                scale = 240 / a.shape[0]
+            if height != 240:
                 tile = np.asarray(Image.fromarray(tile).resize(
-                    (round(a.shape[1] * scale), 240), Image.NEAREST))
+                    (round(width * 240 / height), 240), Image.NEAREST))
             tiles.append(np.pad(tile, ((4, 4), (4, 4), (0, 0)), constant_values=90))
-        rows.append(np.concatenate(tiles, axis=1))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=90) for r in rows]
+        row = Image.fromarray(np.pad(np.concatenate(tiles, axis=1), ((22, 0), (0, 0), (0, 0)),
+                                     constant_values=90))
+        ImageDraw.Draw(row).text((6, 4), f"{model} {width}x{height}: held-out views "
+                                 "(white both, red target only, blue fit only)",
+                                 fill=(255, 255, 255))
+        rows.append(np.asarray(row))
+    full = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, full - r.shape[1]), (0, 0)), constant_values=90) for r in rows]
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
     print(f"wrote {path}")
@@ -230,8 +257,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     options = FitOptions.from_dict({**FitOptions().to_dict(), **parse_set(args.set)})
     changed = {k: v for k, v in options.to_dict().items() if FitOptions().to_dict()[k] != v}
-    print(f"machine: {cpu_name()}, {platform.system()}; options changed from defaults: "
-          f"{changed or 'none'}", flush=True)
+    print(f"machine: {os.cpu_count()} cores, {cpu_name()}, {platform.system()}, load average "
+          f"{os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}; options changed "
+          f"from defaults: {changed or 'none'}", flush=True)
     keep, rows = {}, []
     for model in args.models:
         for size in args.sizes:
@@ -239,12 +267,13 @@ def main(argv=None) -> None:
             rows.append(run(model, width, height, options, keep))
     print()
     print("| model | size | held-out IoU fit (min) | held-out IoU hull | Chamfer fit | "
-          "Chamfer hull | iterations | fit time | faces (hull) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "Chamfer hull | iterations | fit wall time | fit CPU time | faces (hull) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['size']} | {r['fit_iou']:.4f} ({r['fit_iou_min']:.3f}) | "
               f"{r['hull_iou']:.4f} | {r['fit_chamfer']:.4f} | {r['hull_chamfer']:.4f} | "
-              f"{r['iterations']} | {r['fit_time']:.1f} s | {r['faces']} ({r['hull_faces']}) |")
+              f"{r['iterations']} | {r['fit_time']:.1f} s | {r['fit_cpu']:.1f} s | "
+              f"{r['faces']} ({r['hull_faces']}) |")
     print()
     for r in rows:
         print(f"{r['model']} {r['size']}: our renderer's held-out IoU {r['ours_heldout_iou']:.4f},"

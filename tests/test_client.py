@@ -130,7 +130,9 @@ def test_a_small_fit_streams_vertices_and_improves_the_iou(backend, scene):
 def test_cancel_returns_the_last_vertices_within_a_second_and_a_new_fit_runs(backend, scene):
     vertices, faces, views = scene
     fit_id = backend.start_fit(vertices, faces, views,
-                               {"iterations": 100000, "stream_every": 1, "device": "cpu"})
+                               {"iterations": 100000, "stream_every": 1, "device": "cpu",
+                                # short iterations: cancel takes effect between two
+                                "views_per_step": 2})
     deadline = time.monotonic() + 30
     while backend.latest_vertices() is None:  # wait until it is really iterating
         backend.poll()

@@ -322,3 +322,23 @@ def test_any_aspect_ratio_renders_the_expected_shape():
         img = render(v, f, make_cameras(1, w, h))
         assert img.shape == (1, h, w, 4)
         assert img[..., 3].max() > 0.9
+
+
+def test_cpu_render_and_gradients_are_bitwise_repeatable_with_several_threads():
+    v, f = icosphere(3)
+    cams = make_cameras(3, 48, 40, dtype=torch.float32)
+    colors = torch.rand(v.shape, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        runs = []
+        for _ in range(3):
+            vv = v.float().requires_grad_()
+            cc = colors.clone().requires_grad_()
+            out = render(vv, f, cams, cc, RenderSettings(sigma=0.5))
+            (out * torch.linspace(0, 1, out.numel()).reshape(out.shape)).sum().backward()
+            runs.append((out.detach(), vv.grad, cc.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
