@@ -37,6 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 ADDON = ROOT / "softras_blender"
 BUNDLED = ("backend", "kernels")  # repository folders copied into the add-on
+MANIFEST = ROOT / "blender_manifest.toml"  # copied to the add-on folder's top
 REQUIREMENTS_FILE = "backend_requirements.txt"  # = environment.REQUIREMENTS_FILE
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "tests")
 
@@ -56,7 +57,7 @@ def blender_ext_path() -> Path:
 
 def read_versions() -> tuple[str, str]:
     """(manifest version, pyproject version)."""
-    manifest = tomllib.loads((ADDON / "blender_manifest.toml").read_text(encoding="utf-8"))
+    manifest = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     return manifest["version"], pyproject["project"]["version"]
 
@@ -70,6 +71,7 @@ def stage(target: Path) -> Path:
     """Copy the add-on with backend/ and kernels/ inside into ``target``/softras_blender."""
     out = target / ADDON.name
     out.mkdir(parents=True)
+    shutil.copy2(MANIFEST, out / MANIFEST.name)
     for item in sorted(ADDON.iterdir()):
         if item.name in BUNDLED or IGNORE(str(ADDON), [item.name]):
             continue
