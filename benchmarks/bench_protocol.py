@@ -17,7 +17,6 @@ Prints figures; not a test. Record them in docs/benchmarks.md under "Protocol".
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import subprocess
@@ -31,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend import protocol  # noqa: E402
+from softras_blender import client as client_module  # noqa: E402
 
 WRITER = """
 import sys, numpy as np
@@ -114,15 +114,6 @@ def fit_scene(size: int, count: int):
     return views
 
 
-def load_client():
-    """softras_blender/client.py by path: the add-on package's __init__ imports bpy."""
-    spec = importlib.util.spec_from_file_location("softras_client",
-                                                  ROOT / "softras_blender" / "client.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_fit(client, views, options: dict) -> dict:
     """One fit through the backend, polled every 10 ms like the add-on's timer."""
     streamed = 0
@@ -147,7 +138,6 @@ def run_fit(client, views, options: dict) -> dict:
 def bench_fit_share(args) -> tuple[dict, dict]:
     """The same fit through one backend process, vertices posted after every iteration
     vs only at the first and last: (every, minimal), the faster of ``repeats`` runs."""
-    client_module = load_client()
     views = fit_scene(args.size, args.views)
     base = {"iterations": args.iterations, "device": "cpu", "init_faces": args.init_faces}
     client = client_module.BackendClient(

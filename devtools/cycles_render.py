@@ -26,6 +26,8 @@ import bpy
 import mathutils
 import numpy as np
 
+from softras_blender.silhouettes import linear_to_srgb, srgb_to_linear  # noqa: F401 (re-exported)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # The keyword arguments of backend.camera.blender_camera, in its order.
@@ -181,18 +183,6 @@ def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
     bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
     return top * (1 - fy) + bottom * fy
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] -> linear light (same shape)."""
-    c = np.asarray(c, dtype=np.float32)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(c: np.ndarray) -> np.ndarray:
-    """Linear light -> sRGB-encoded values, clipped to [0, 1] (same shape)."""
-    c = np.clip(np.asarray(c, dtype=np.float32), 0.0, 1.0)
-    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
 def add_camera(scene, params: dict, name: str = "camera") -> bpy.types.Object:

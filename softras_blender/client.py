@@ -35,10 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-try:  # the installed add-on ships backend/ inside its own folder
-    from .backend import protocol
-except ImportError:  # a source checkout: backend/ is this package's sibling, on sys.path
-    from backend import protocol
+# backend/ is inside the add-on's folder (a symbolic link in a source checkout).
+from .backend import protocol
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,12 @@ def srgb_to_linear(values: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
+def linear_to_srgb(values: np.ndarray) -> np.ndarray:
+    """Linear light -> sRGB-encoded values clipped to [0, 1], float32, same shape."""
+    c = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
 def decode_pixels(pixels: np.ndarray, *, srgb: bool, premultiplied: bool) -> np.ndarray:
     """Blender image pixels -> linear, straight-alpha RGBA (same (h, w, 4) layout), float32.
 

@@ -3,7 +3,6 @@ against small fake backends that misbehave on purpose."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -19,20 +18,11 @@ from conftest import icosphere
 
 from backend.camera import blender_camera, orbit_cameras
 from backend.renderer import Cameras, RenderSettings, render_silhouette
+from softras_blender import client as client_module
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_client():
-    """softras_blender/client.py by path: the package's __init__ imports bpy."""
-    spec = importlib.util.spec_from_file_location("softras_client_under_test",
-                                                  REPO / "softras_blender" / "client.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-client_module = load_client()
 BackendClient = client_module.BackendClient
 BackendError = client_module.BackendError
 FitFailedError = client_module.FitFailedError
