@@ -268,37 +268,37 @@ class SOFTRAS_OT_install_backend(Operator):
             return False
         return True
 
-    def _runner(self):
+    def _new_runner(self):
+        """The install's step runner, kept in the module state; None (reported) if offline."""
         from . import environment, preferences
 
         if not bpy.app.online_access:
-            raise ValueError("Blender is set to work offline: allow online access in "
-                             "Preferences > System > Network to download the backend's packages")
+            self.report({"ERROR"}, "Blender is set to work offline: allow online access in "
+                        "Preferences > System > Network to download the backend's packages")
+            return None
         user = preferences.user_dir()
-        steps = environment.install_steps(
-            sys.executable, user / environment.VENV_FOLDER,
-            environment.read_requirements(preferences.ADDON_DIR), environment.detect_cuda())
-        return environment.StepRunner(steps, user / "logs" / "install.log")
+        try:
+            steps = environment.install_steps(
+                sys.executable, user / environment.VENV_FOLDER,
+                environment.read_requirements(preferences.ADDON_DIR), environment.detect_cuda())
+        except ValueError as exc:  # no requirements list, or no CuPy build for this CUDA
+            self.report({"ERROR"}, str(exc))
+            return None
+        _state["install"] = environment.StepRunner(steps, user / "logs" / "install.log")
+        return _state["install"]
 
     def execute(self, context):
-        try:
-            runner = self._runner()
-        except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
+        runner = self._new_runner()
+        if runner is None:
             return {"CANCELLED"}
-        _state["install"] = runner
-        code = runner.run_to_end()
-        return self._report(runner, code)
+        return self._report(runner, runner.run_to_end())
 
     def invoke(self, context, event):
         if bpy.app.background:
             return self.execute(context)
-        try:
-            runner = self._runner()
-        except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
+        runner = self._new_runner()
+        if runner is None:
             return {"CANCELLED"}
-        _state["install"] = runner
         runner.start()
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.5, window=context.window)
@@ -337,9 +337,8 @@ classes = (SOFTRAS_OT_fit, SOFTRAS_OT_cancel_fit, SOFTRAS_OT_check_backend,
            SOFTRAS_OT_install_backend)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+register = _register_classes
 
 
 def unregister():
@@ -347,6 +346,5 @@ def unregister():
     if session is not None:
         session.abort()
         _state["session"] = None
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()
 

@@ -86,11 +86,4 @@ class SOFTRAS_PT_fit_options(SoftRasPanelMixin, Panel):
 classes = (SOFTRAS_PT_fit, SOFTRAS_PT_fit_options)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -137,11 +137,4 @@ class SoftRasPreferences(AddonPreferences):
 classes = (SoftRasPreferences,)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

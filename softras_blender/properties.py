@@ -92,13 +92,14 @@ class SoftRasSettings(PropertyGroup):
 classes = (SoftRasSettings,)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
 def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Scene.softras = PointerProperty(type=SoftRasSettings)
 
 
 def unregister():
     del bpy.types.Scene.softras
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()
