@@ -103,7 +103,7 @@ class FitOptions:
     ``align_initial`` moves and scales a given mesh onto the silhouettes first.
     """
 
-    iterations: int = 100
+    iterations: int = 200
     learning_rate: float = 0.03
     lr_final: float = 0.1
     views_per_step: int = 8
@@ -112,7 +112,7 @@ class FitOptions:
     sigma_start: float = 1.0
     sigma_end: float = 0.003
     sharpen_fraction: float = 0.9
-    subdivide_at: tuple[float, ...] = ()
+    subdivide_at: tuple[float, ...] = (0.6,)
     max_faces: int = 20000
     silhouette_weight: float = 1.0
     color_weight: float = 1.0
@@ -298,6 +298,12 @@ def _prepare_views(views: list[View]) -> _Prepared:
             )
         if not np.all(np.isfinite(image)):
             raise FitError(f"{name}: the image contains NaN or infinite values")
+        alpha = image[..., 3]
+        if alpha.min() < -1e-3 or alpha.max() > 1.0 + 1e-3:
+            raise FitError(
+                f"{name}: alpha must lie in [0, 1], got [{alpha.min():.3g}, {alpha.max():.3g}] "
+                "(8-bit images must be divided by 255)"
+            )
         if not (np.all(np.isfinite(cam.intrinsics)) and np.all(np.isfinite(cam.world_to_camera))):
             raise FitError(f"{name}: the camera matrices contain NaN or infinite values")
     fit_idx = [i for i, v in enumerate(views) if not v.held_out]
@@ -353,7 +359,7 @@ def _initial_mesh(prep: _Prepared, vertices, faces, options: FitOptions):
             size = max(max(prep.views[i].camera.width, prep.views[i].camera.height)
                        for i in prep.train_idx)
             if options.init == "hull":
-                target = options.init_faces or _auto_init_faces(size)
+                target = options.init_faces or auto_init_faces(size)
                 hull = visual_hull(sil, target_faces=target)
                 messages += hull.messages
                 messages.append(
@@ -412,7 +418,7 @@ def _initial_mesh(prep: _Prepared, vertices, faces, options: FitOptions):
     return verts, repaired.faces, given, messages
 
 
-def _auto_init_faces(size: int) -> int:
+def auto_init_faces(size: int) -> int:
     """Visual-hull face count for the largest image side (pixels)."""
     if size <= 96:
         return 1500
@@ -669,7 +675,7 @@ def fit(
         verts = mesh.vertices()
         colors = mesh.colors()
         terms = _image_losses(verts, mesh.faces, colors, chosen, groups, step_settings,
-                              options, latest_iou, prep.fit_idx)
+                              latest_iou)
         shape = mesh.shape()
         terms["laplacian"] = losses.laplacian_loss(mesh.offsets, mesh.laplacian)
         terms["flatten"] = losses.flatten_loss(shape, mesh.adjacency)
@@ -819,8 +825,10 @@ def _render_settings(prep: _Prepared, verts0: np.ndarray, options: FitOptions) -
                           lighting=Lighting() if options.lighting else None)
 
 
-def _image_losses(verts, faces, colors, chosen, groups, settings, options, latest_iou, fit_idx):
-    """Silhouette (and colour) loss over the chosen views, grouped by image size."""
+def _image_losses(verts, faces, colors, chosen: list[int], groups: dict[int, _Group],
+                  settings: RenderSettings, latest_iou: dict[int, float]) -> dict:
+    """Silhouette (and colour) loss over the chosen views, rendered in batches of one
+    image size; records each rendered view's hard IoU in ``latest_iou``."""
     by_group: dict[int, tuple[_Group, list[int]]] = {}
     for i in chosen:
         g = groups[i]

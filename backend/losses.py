@@ -72,8 +72,8 @@ def flatten_loss(vertices: torch.Tensor, adjacency: EdgeAdjacency) -> torch.Tens
     device = vertices.device
     edge = torch.as_tensor(adjacency.edge, device=device)
     opposite = torch.as_tensor(adjacency.opposite, device=device)
-    v0, v1 = vertices[edge[:, 0]], vertices[edge[:, 1]]
-    a, b = vertices[opposite[:, 0]], vertices[opposite[:, 1]]
+    v0, v1 = _take(vertices, edge[:, 0]), _take(vertices, edge[:, 1])
+    a, b = _take(vertices, opposite[:, 0]), _take(vertices, opposite[:, 1])
     axis = v1 - v0
     axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -92,7 +92,7 @@ def edge_length_loss(vertices: torch.Tensor, edges: torch.Tensor,
 
     edges: (E, 2) int64; target_length > 0 (the initial mesh's mean edge length).
     """
-    length = (vertices[edges[:, 0]] - vertices[edges[:, 1]]).norm(dim=1)
+    length = (_take(vertices, edges[:, 0]) - _take(vertices, edges[:, 1])).norm(dim=1)
     return (((length - target_length) / target_length) ** 2).mean()
 
 
@@ -102,8 +102,14 @@ def normal_consistency_loss(vertices: torch.Tensor, faces: torch.Tensor,
     (0 for a flat pair, 2 for a pair folded flat onto itself)."""
     if len(adjacency.edge) == 0:
         return vertices.sum() * 0.0
-    tri = vertices[faces]
-    normals = torch.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0], dim=1)
+    a, b, c = (_take(vertices, faces[:, k]) for k in range(3))
+    normals = torch.cross(b - a, c - a, dim=1)
     normals = normals / normals.norm(dim=1, keepdim=True).clamp_min(1e-12)
     pair = torch.as_tensor(adjacency.face_pair, device=vertices.device)
-    return (1.0 - (normals[pair[:, 0]] * normals[pair[:, 1]]).sum(dim=1)).mean()
+    return (1.0 - (_take(normals, pair[:, 0]) * _take(normals, pair[:, 1])).sum(dim=1)).mean()
+
+
+def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Rows of x; index_select's backward accumulates in a fixed order on the CPU, unlike
+    advanced indexing's (run-to-run identical gradients with several threads)."""
+    return x.index_select(0, torch.as_tensor(index, device=x.device))

@@ -39,7 +39,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(REPO_ROOT)
 
 from backend.camera import blender_camera, orbit_cameras  # noqa: E402
-from backend.fitting import FitOptions, View, fit  # noqa: E402
+from backend.fitting import FitOptions, View, auto_init_faces, fit  # noqa: E402
 from backend.mesh_ops import sample_surface  # noqa: E402
 from backend.visual_hull import Silhouettes, visual_hull  # noqa: E402
 from devtools import cycles_render as cycles  # noqa: E402
@@ -186,10 +186,7 @@ def run(model: str, width: int, height: int, options: FitOptions, keep: dict) ->
     t1 = time.perf_counter()
     sil = Silhouettes.from_masks([v.camera for v in views if not v.held_out],
                                  [v.image[..., 3] for v in views if not v.held_out])
-    from backend.fitting import _auto_init_faces
-
-    hull = visual_hull(sil, target_faces=options.init_faces or _auto_init_faces(max(width,
-                                                                                     height)))
+    hull = visual_hull(sil, target_faces=options.init_faces or auto_init_faces(max(width, height)))
     t_hull = time.perf_counter() - t1
     cpu0 = time.process_time()
     result = fit(views, options=options)
@@ -216,8 +213,8 @@ def run(model: str, width: int, height: int, options: FitOptions, keep: dict) ->
 
 
 def save_picture(path: Path, keep: dict) -> None:
-    """Held-out silhouettes, one row per run: white = both, red = target only, blue =
-    fitted only (Cycles renders of each)."""
+    """Held-out silhouettes, one row per run, cropped to the object: white = both, red =
+    target only, blue = fitted only (Cycles renders of each)."""
     from PIL import Image, ImageDraw
 
     rows = []
@@ -229,9 +226,13 @@ def save_picture(path: Path, keep: dict) -> None:
             tile[a & b] = 255
             tile[a & ~b] = (230, 40, 40)
             tile[~a & b] = (40, 90, 230)
-            if height != 240:
-                tile = np.asarray(Image.fromarray(tile).resize(
-                    (round(width * 240 / height), 240), Image.NEAREST))
+            # A square crop around the object, enlarged with visible pixels.
+            ys, xs = np.nonzero(a | b)
+            half = int(0.55 * max(ys.max() - ys.min(), xs.max() - xs.min())) + 2
+            cy, cx = (ys.max() + ys.min()) // 2, (xs.max() + xs.min()) // 2
+            tile = np.pad(tile, ((half, half), (half, half), (0, 0)))
+            tile = tile[cy:cy + 2 * half, cx:cx + 2 * half]
+            tile = np.asarray(Image.fromarray(tile).resize((240, 240), Image.NEAREST))
             tiles.append(np.pad(tile, ((4, 4), (4, 4), (0, 0)), constant_values=90))
         row = Image.fromarray(np.pad(np.concatenate(tiles, axis=1), ((22, 0), (0, 0), (0, 0)),
                                      constant_values=90))
