@@ -42,6 +42,18 @@ class CameraMatrices:
     height: int
     orthographic: bool
 
+    def resized(self, width: int, height: int) -> CameraMatrices:
+        """The same camera rendering ``width`` x ``height`` pixels.
+
+        Pixel coordinates scale with the image (u' = u * width / W), so K is multiplied
+        by diag(width / W, height / H, 1); the pose is unchanged.
+        """
+        if (width, height) == (self.width, self.height):
+            return self
+        scale = np.diag([width / self.width, height / self.height, 1.0])
+        return CameraMatrices(scale @ self.intrinsics, self.world_to_camera, int(width),
+                              int(height), self.orthographic)
+
     def to_dict(self) -> dict:
         """Plain data (lists, numbers) for JSON or the wire."""
         return {

@@ -37,6 +37,7 @@ from .mesh_ops import (
     repair_mesh,
     subdivide,
 )
+from .options import DEVICES, FitError, FitOptions  # noqa: F401 (part of this API)
 from .renderer import Cameras, Lighting, RenderSettings, project_points, render, render_silhouette
 from .visual_hull import (
     Silhouettes,
@@ -46,8 +47,6 @@ from .visual_hull import (
     visual_hull,
 )
 
-DEVICES = ("auto", "cpu", "cuda")
-INITS = ("hull", "sphere")
 # Edge softness (px^2) of the renders that measure hard IoU: alpha > 0.5 is then
 # point-sampled coverage of the pixel centre.
 EVAL_SIGMA = 1e-3
@@ -56,10 +55,6 @@ EVAL_BATCH = 8
 MIN_LEVEL_SIDE = 32
 # Views whose silhouette covers fewer pixels than this count as empty.
 MIN_SILHOUETTE_PIXELS = 1
-
-
-class FitError(ValueError):
-    """Bad input to `fit`; the message says what is wrong and how to fix it."""
 
 
 @dataclass
@@ -75,125 +70,6 @@ class View:
     image: np.ndarray
     name: str = ""
     held_out: bool = False
-
-
-@dataclass
-class FitOptions:
-    """Everything `fit` can be told; the defaults come from benchmarks/bench_fit.py.
-
-    Schedule: the first ``coarse_fraction`` of the iterations render at reduced
-    resolution, starting at ``resolution_start`` of full size (but no smaller than
-    32 px on the longer side) and doubling; sigma (edge softness in squared pixels of
-    the image being rendered) falls geometrically from ``sigma_start`` to
-    ``sigma_end`` over the first ``sharpen_fraction`` of the iterations; keep
-    ``sigma_end`` small, since soft edges fatten the silhouette and the fit would
-    shrink the mesh to compensate. ``subdivide_at`` lists fractions of the iterations
-    at which every face is split in four (skipped beyond ``max_faces``). The learning
-    rate decays exponentially to ``lr_final`` times its start.
-
-    Losses: ``silhouette_weight`` (1 - soft IoU), ``color_weight`` (L1 inside the
-    target silhouettes, with ``fit_colors``), ``laplacian_weight`` (Laplacian of the
-    vertex offsets, so the initial shape's own detail is kept), ``flatten_weight``,
-    ``edge_weight`` (edges near the initial mean length), ``normal_weight`` (normal
-    consistency); see `backend.losses`.
-
-    Initial mesh (when none is given): ``init`` "hull" carves the visual hull,
-    "sphere" stretches an icosphere over the hull's bounding box; ``init_faces`` is
-    the initial mesh's approximate face count (0: chosen from the image size).
-    ``align_initial`` moves and scales a given mesh onto the silhouettes first.
-    """
-
-    iterations: int = 200
-    learning_rate: float = 0.03
-    lr_final: float = 0.1
-    views_per_step: int = 8
-    resolution_start: float = 0.25
-    coarse_fraction: float = 0.5
-    sigma_start: float = 1.0
-    sigma_end: float = 0.003
-    sharpen_fraction: float = 0.9
-    subdivide_at: tuple[float, ...] = (0.6,)
-    max_faces: int = 20000
-    silhouette_weight: float = 1.0
-    color_weight: float = 1.0
-    laplacian_weight: float = 100.0
-    flatten_weight: float = 1.0
-    edge_weight: float = 0.0
-    normal_weight: float = 0.01
-    fit_transform: bool = True
-    fit_colors: bool = False
-    lighting: bool = False
-    color_learning_rate: float = 0.1
-    device: str = "auto"
-    seed: int = 0
-    stream_every: int = 10
-    init: str = "hull"
-    init_faces: int = 0
-    align_initial: bool = False
-
-    def __post_init__(self):
-        self.subdivide_at = tuple(float(x) for x in self.subdivide_at)
-        checks = [
-            (self.iterations >= 0, "iterations must be >= 0"),
-            (self.learning_rate > 0, "learning_rate must be positive"),
-            (0 < self.lr_final <= 1, "lr_final (a fraction of learning_rate) must be in (0, 1]"),
-            (self.color_learning_rate > 0, "color_learning_rate must be positive"),
-            (self.views_per_step >= 1, "views_per_step must be >= 1"),
-            (0 < self.resolution_start <= 1, "resolution_start must be in (0, 1]"),
-            (0 <= self.coarse_fraction <= 1, "coarse_fraction must be in [0, 1]"),
-            (0 <= self.sharpen_fraction <= 1, "sharpen_fraction must be in [0, 1]"),
-            (self.sigma_start > 0 and self.sigma_end > 0, "sigma_start and sigma_end must be > 0"),
-            (all(0 < x < 1 for x in self.subdivide_at), "subdivide_at fractions must be in (0, 1)"),
-            (self.max_faces >= 4, "max_faces must be >= 4"),
-            (self.stream_every >= 1, "stream_every must be >= 1"),
-            (self.init in INITS, f"init must be one of {INITS}"),
-            (self.device in DEVICES, f"device must be one of {DEVICES}"),
-            (self.init_faces == 0 or self.init_faces >= 100,
-             "init_faces must be 0 (automatic) or at least 100"),
-        ]
-        for name in ("silhouette_weight", "color_weight", "laplacian_weight", "flatten_weight",
-                     "edge_weight", "normal_weight"):
-            value = getattr(self, name)
-            checks.append((math.isfinite(value) and value >= 0, f"{name} must be >= 0"))
-        for ok, message in checks:
-            if not ok:
-                raise FitError(f"invalid fit option: {message}")
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["subdivide_at"] = list(self.subdivide_at)
-        return d
-
-    @staticmethod
-    def from_dict(d: dict) -> FitOptions:
-        """Options from plain data; unknown keys raise FitError (a ValueError)."""
-        known = {f.name: f for f in dataclasses.fields(FitOptions)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise FitError(f"unknown fit options {unknown}; known options: {sorted(known)}")
-        kwargs = {}
-        for key, value in d.items():
-            default = known[key].default
-            try:
-                if isinstance(default, bool):
-                    if not isinstance(value, bool | np.bool_):
-                        raise TypeError
-                    kwargs[key] = bool(value)
-                elif isinstance(default, int):
-                    if isinstance(value, bool) or float(value) != int(value):
-                        raise TypeError
-                    kwargs[key] = int(value)
-                elif isinstance(default, float):
-                    kwargs[key] = float(value)
-                elif isinstance(default, tuple):
-                    kwargs[key] = tuple(float(x) for x in value)
-                else:
-                    kwargs[key] = str(value)
-            except (TypeError, ValueError):
-                raise FitError(
-                    f"fit option {key!r} must be like {default!r}, got {value!r}"
-                ) from None
-        return FitOptions(**kwargs)
 
 
 @dataclass
@@ -463,9 +339,8 @@ def _level_groups(prep: _Prepared, indices: list[int], scale: float, center: np.
         h = max(1, round(height * scale))
         mats = []
         for i in idx:
-            cam = prep.views[i].camera
-            k = np.diag([w / width, h / height, 1.0]) @ cam.intrinsics
-            mats.append(CameraMatrices(k, cam.world_to_camera @ to_world, w, h, cam.orthographic))
+            cam = prep.views[i].camera.resized(w, h)
+            mats.append(dataclasses.replace(cam, world_to_camera=cam.world_to_camera @ to_world))
         cams = Cameras.from_matrices(mats, dtype=dtype, device=device)
         images = torch.tensor(np.stack([np.asarray(prep.views[i].image, dtype=np.float32)
                                         for i in idx]), dtype=dtype, device=device)

@@ -1,24 +1,20 @@
-"""The panel's few settings -> the backend's `backend.fitting.FitOptions` fields.
+"""The panel's few settings -> the backend's `FitOptions` fields.
 
 Plain Python (no bpy, no torch). The sharpness presets and the smoothness scale the
-backend's own defaults, which Blender cannot import (backend.fitting needs torch):
-`backend_defaults` reads them from the source of the add-on's bundled
-backend/fitting.py instead, so they are never restated here.
+backend's own defaults, imported from the torch-free backend/options.py, so they are
+never restated here.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
+from .backend.options import FitOptions
 
 DEFAULT_RESOLUTION = 256  # longest image side the fit works at, pixels
 DEFAULT_SHARPNESS = "MEDIUM"
 DEVICES = ("AUTO", "CPU", "CUDA")
-FITTING_SOURCE = Path(__file__).resolve().parent / "backend" / "fitting.py"
 
 # The regulariser weights that "smoothness" scales.
 SMOOTHNESS_WEIGHTS = ("laplacian_weight", "flatten_weight", "normal_weight")
@@ -43,30 +39,9 @@ SHARPNESS_PRESETS = {
 }
 
 
-@functools.cache
-def backend_defaults(source: Path = FITTING_SOURCE) -> dict:
-    """The literal defaults of ``FitOptions`` in backend/fitting.py, by field name."""
-    try:
-        tree = ast.parse(Path(source).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"cannot read the backend's fit options from {source}: {exc}; "
-                         "reinstall the add-on") from exc
-    classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "FitOptions"]
-    if not classes:
-        raise ValueError(f"{source} defines no FitOptions: the add-on's backend is incomplete")
-    defaults = {}
-    for statement in classes[0].body:
-        if (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)
-                and statement.value is not None):
-            try:
-                defaults[statement.target.id] = ast.literal_eval(statement.value)
-            except ValueError:
-                continue  # not a literal (a default factory): not needed here
-    needed = ("iterations", "sigma_start", "sigma_end", *SMOOTHNESS_WEIGHTS)
-    missing = [k for k in needed if k not in defaults]
-    if missing:
-        raise ValueError(f"FitOptions in {source} has no literal default for {missing}")
-    return defaults
+def backend_defaults() -> dict:
+    """The backend's `FitOptions` defaults, by field name."""
+    return dataclasses.asdict(FitOptions())
 
 
 def options_from_settings(settings: dict, device: str) -> dict:
@@ -117,16 +92,3 @@ def fit_size(width: int, height: int, resolution: int) -> tuple[int, int]:
         return width, height
     scale = resolution / longest
     return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def scaled_camera(camera, width: int, height: int):
-    """The same camera rendering ``width`` x ``height`` pixels (a `CameraMatrices`).
-
-    Pixel coordinates scale with the image (u' = u * width / W), so the intrinsics
-    are multiplied by diag(width / W, height / H, 1); the pose is unchanged.
-    """
-    if (width, height) == (camera.width, camera.height):
-        return camera
-    k = np.diag([width / camera.width, height / camera.height, 1.0]) @ camera.intrinsics
-    return type(camera)(k, camera.world_to_camera, int(width), int(height),
-                        camera.orthographic)

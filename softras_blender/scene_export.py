@@ -209,7 +209,7 @@ def view_for_camera(scene, cam_obj, image_source: str, folder: str = "",
         raise
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
-    return ExportedView(cam_obj.name, fit_options.scaled_camera(cam, *size), target, held_out)
+    return ExportedView(cam_obj.name, cam.resized(*size), target, held_out)
 
 
 def export_views(scene, cameras, image_source: str, folder: str = "",
