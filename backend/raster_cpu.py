@@ -14,6 +14,7 @@ import math
 import torch
 
 from .binning import enumerate_cells, pixel_boxes
+from .renderer import signed_area2
 
 
 def rasterize_cpu(
@@ -45,8 +46,8 @@ def rasterize_cpu(
     owner, px, py = enumerate_cells(boxes[valid_faces])
     pair_face = valid_faces[owner]  # index into the flattened (B * F) faces
     with torch.no_grad():
-        d2, closest, along, inside = closest_edges(
-            pixel_centres(px, py, dtype), corners.detach().index_select(0, pair_face))
+        edges = edge_table(corners.detach()).index_select(0, pair_face)
+        d2, closest, along, inside = closest_edges(pixel_centres(px, py, dtype), edges)
         keep = (inside | (d2 < settings.sigma * math.log(1.0 / settings.cutoff - 1.0)))
         keep = keep.nonzero()[:, 0]
     pair_face, px, py = pair_face[keep], px[keep], py[keep]
@@ -72,11 +73,13 @@ def rasterize_cpu(
     if face_colors is None:
         return alpha.reshape(B, height, width, 1)
 
-    tri = corners.index_select(0, pair_face)  # (P, 3, 3)
-    edge = edge_functions(centre, tri)
-    area2 = edge.sum(dim=-1)
-    bary = clamped_barycentrics(edge, area2)
-    z = tri[..., 2]
+    # Barycentrics are affine in the pixel position: per-face planes, evaluated per pair.
+    planes = barycentric_planes(face_screen, face_valid).reshape(B * F, 3, 3)
+    plane = planes.index_select(0, pair_face)  # (P, 3, 3)
+    raw = plane[..., 0] * centre[:, :1] + plane[..., 1] * centre[:, 1:] + plane[..., 2]
+    clamped = raw.clamp_min(0.0)
+    bary = clamped / clamped.sum(dim=-1, keepdim=True)  # clamped to [0, 1], renormalised
+    z = face_screen[..., 2].reshape(B * F, 3).index_select(0, pair_face)
     ortho = orthographic[camera]
     # Perspective-correct weights beta_k = (b_k / z_k) / sum_m (b_m / z_m); linear if ortho.
     over_z = torch.where(ortho[:, None], bary, bary / z)
@@ -108,39 +111,49 @@ def pixel_centres(px: torch.Tensor, py: torch.Tensor, dtype) -> torch.Tensor:
     return torch.stack([px, py], dim=-1).to(dtype) + 0.5
 
 
-def closest_edges(p: torch.Tensor, tri: torch.Tensor):
-    """Where points p (P, 2) lie relative to triangles tri (P, 3, >=2).
+def edge_table(corners: torch.Tensor) -> torch.Tensor:
+    """Per-face edge data (N, 3, 6) for `closest_edges`, from corners (N, 3, >=2).
+
+    Edge k runs from corner k to corner k + 1: [start x, start y, direction x,
+    direction y, 1 / |direction|^2, sign of the face's signed area].
+    """
+    start = corners[..., :2]
+    direction = start.roll(-1, dims=1) - start
+    inv_length2 = 1.0 / (direction * direction).sum(dim=-1).clamp_min(1e-20)
+    orientation = torch.sign(signed_area2(corners))[:, None].expand(-1, 3)
+    return torch.cat([start, direction, inv_length2[..., None], orientation[..., None]], -1)
+
+
+def closest_edges(p: torch.Tensor, edges: torch.Tensor):
+    """Where points p (P, 2) lie relative to triangles given by `edge_table` rows (P, 3, 6).
 
     Returns d2 (P,), the squared distance to the closest edge; closest (P,) int64,
-    that edge's index k (it runs from corner k to corner k + 1); along (P,), the
-    closest point's parameter on it in [0, 1]; inside (P,) bool.
+    that edge's index k; along (P,), the closest point's parameter on it in [0, 1];
+    inside (P,) bool.
     """
-    start = tri[..., :2]
-    direction = start.roll(-1, dims=1) - start  # (P, 3, 2)
-    rel = p[:, None, :] - start
-    length2 = (direction * direction).sum(dim=-1).clamp_min(1e-20)
-    along = ((rel * direction).sum(dim=-1) / length2).clamp(0.0, 1.0)
-    offset = rel - along[..., None] * direction
-    d2, closest = (offset * offset).sum(dim=-1).min(dim=-1)
-    cross = direction[..., 0] * rel[..., 1] - direction[..., 1] * rel[..., 0]
-    inside = (cross * cross.sum(dim=-1, keepdim=True) > 0).all(dim=-1)
+    rel_x = p[:, :1] - edges[..., 0]
+    rel_y = p[:, 1:] - edges[..., 1]
+    dir_x, dir_y = edges[..., 2], edges[..., 3]
+    along = ((rel_x * dir_x + rel_y * dir_y) * edges[..., 4]).clamp_(0.0, 1.0)
+    off_x = rel_x - along * dir_x
+    off_y = rel_y - along * dir_y
+    d2, closest = (off_x * off_x + off_y * off_y).min(dim=-1)
+    inside = ((dir_x * rel_y - dir_y * rel_x) * edges[..., 5] > 0).all(dim=-1)
     return d2, closest, along.gather(1, closest[:, None])[:, 0], inside
 
 
-def edge_functions(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-    """Un-normalised barycentrics (P, 3) of points p (P, 2) in triangles tri (P, 3, >=2).
+def barycentric_planes(face_screen: torch.Tensor, face_valid: torch.Tensor) -> torch.Tensor:
+    """Coefficients (..., 3, 3) with barycentric b_k(x, y) = c[k, 0] x + c[k, 1] y + c[k, 2].
 
-    E_k is the edge function of the edge opposite corner k; ``E.sum(-1)`` is twice
-    the signed area and ``E / E.sum(-1)`` are the barycentric coordinates of p.
+    face_screen: (..., 3, >=2) corners; face_valid: (...) bool. b_k is the edge function
+    of the edge opposite corner k (from corner k + 1 to k + 2) over twice the signed
+    area. Invalid faces get finite values (their area is replaced by 1).
     """
-    x, y = tri[..., 0], tri[..., 1]
-    # Edge function of corner k's opposite edge, from corner k + 1 to corner k + 2.
-    x1, y1 = x.roll(-1, dims=1), y.roll(-1, dims=1)
-    x2, y2 = x.roll(-2, dims=1), y.roll(-2, dims=1)
-    return (x2 - x1) * (p[:, 1:2] - y1) - (y2 - y1) * (p[:, 0:1] - x1)
-
-
-def clamped_barycentrics(edge: torch.Tensor, area2: torch.Tensor) -> torch.Tensor:
-    """Barycentrics clamped to [0, 1] and renormalised to sum to 1, (P, 3)."""
-    clamped = (edge / area2[:, None]).clamp_min(0.0)
-    return clamped / clamped.sum(dim=-1, keepdim=True)
+    x, y = face_screen[..., 0], face_screen[..., 1]
+    x1, y1 = x.roll(-1, dims=-1), y.roll(-1, dims=-1)
+    x2, y2 = x.roll(-2, dims=-1), y.roll(-2, dims=-1)
+    # E_k(p) = (x2 - x1)(p_y - y1) - (y2 - y1)(p_x - x1)
+    coefficients = torch.stack([y1 - y2, x2 - x1, (y2 - y1) * x1 - (x2 - x1) * y1], dim=-1)
+    area2 = signed_area2(face_screen)
+    area2 = torch.where(face_valid, area2, torch.ones_like(area2))
+    return coefficients / area2[..., None, None]

@@ -1,11 +1,14 @@
 """Forward + backward time and peak memory of the soft rasterizer.
 
     python benchmarks/bench_render.py [--impl cpu cuda cuda-naive] [--repeat 5]
+                                      [--silhouette]
 
 Cases are (views, image, faces) on a UV sphere filling about half of each view,
-RGBA output with vertex colours, default RenderSettings. Each (implementation,
-case) runs in its own process so its peak memory is its own: peak RSS on the CPU,
-torch.cuda.max_memory_allocated on the GPU. Prints a Markdown table.
+default RenderSettings, RGBA output with vertex colours (`render`), or with
+--silhouette the alpha alone (`render_silhouette`, what silhouette fitting uses).
+Each (implementation, case) runs in its own process so its peak memory is its own:
+peak RSS on the CPU, torch.cuda.max_memory_allocated on the GPU. Prints a Markdown
+table.
 """
 
 from __future__ import annotations
@@ -59,11 +62,11 @@ def uv_sphere(rings: int, segments: int):
     return vertices.float(), torch.tensor(faces)
 
 
-def run_case(impl: str, case: str, repeat: int) -> dict:
+def run_case(impl: str, case: str, repeat: int, silhouette: bool) -> dict:
     import torch
 
     from backend.camera import blender_camera, orbit_cameras
-    from backend.renderer import Cameras, render
+    from backend.renderer import Cameras, render, render_silhouette
 
     views, width, height, (rings, segments) = CASES[case]
     device = "cpu" if impl == "cpu" else "cuda"
@@ -77,8 +80,11 @@ def run_case(impl: str, case: str, repeat: int) -> dict:
 
     def step():
         v = vertices.clone().requires_grad_()
-        c = colors.clone().requires_grad_()
-        render(v, faces, cams, c, backend=impl).sum().backward()
+        if silhouette:
+            render_silhouette(v, faces, cams, backend=impl).sum().backward()
+        else:
+            c = colors.clone().requires_grad_()
+            render(v, faces, cams, c, backend=impl).sum().backward()
 
     step()  # warm-up: kernel compilation / cache load, allocator
     if device == "cuda":
@@ -124,10 +130,12 @@ def main():
                         help="cpu, cuda (binned), cuda-naive; default: all available")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--silhouette", action="store_true",
+                        help="time render_silhouette (alpha only) instead of RGBA")
     parser.add_argument("--one", nargs=2, metavar=("IMPL", "CASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_case(args.one[0], args.one[1], args.repeat)))
+        print(json.dumps(run_case(args.one[0], args.one[1], args.repeat, args.silhouette)))
         return
 
     import torch
@@ -137,7 +145,7 @@ def main():
     impls = args.impl or (["cuda-naive", "cuda", "cpu"] if cuda_available()[0] else ["cpu"])
     if not cuda_available()[0] and any(i != "cpu" for i in impls):
         sys.exit(f"cannot run the CUDA implementations: {cuda_available()[1]}")
-    print(f"Machine: {machine(impls)}")
+    print(f"Machine: {machine(impls)}; output: {'alpha' if args.silhouette else 'RGBA'}")
     print("| case (views x image x faces) | implementation | forward+backward (median) "
           "| peak memory |")
     print("|---|---|---|---|")
@@ -147,7 +155,8 @@ def main():
             if impl == "cpu" and case not in CPU_CASES:
                 continue
             out = subprocess.run(
-                [sys.executable, __file__, "--one", impl, case, "--repeat", str(args.repeat)],
+                [sys.executable, __file__, "--one", impl, case, "--repeat", str(args.repeat)]
+                + (["--silhouette"] if args.silhouette else []),
                 capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"| {case} | {impl} | failed: {out.stderr.strip().splitlines()[-1]} | |")
