@@ -35,7 +35,9 @@ def cuda_available() -> tuple[bool, str]:
 
 
 @functools.cache
-def _module():
+def load_kernels():
+    """The compiled kernels (a CuPy RawModule): compiled, or loaded from CuPy's
+    on-disk cache, once per process."""
     import cupy
 
     return cupy.RawModule(code=KERNEL_SOURCE.read_text(), options=("--std=c++14",))
@@ -44,7 +46,7 @@ def _module():
 def _kernel(name: str, dtype: torch.dtype):
     if dtype not in _SUFFIX:
         raise ValueError(f"the CUDA rasterizer takes float32 or float64 tensors, got {dtype}")
-    return _module().get_function(f"{name}_{_SUFFIX[dtype]}")
+    return load_kernels().get_function(f"{name}_{_SUFFIX[dtype]}")
 
 
 def run_kernel(name: str, grid, block, tensors, scalars) -> None:

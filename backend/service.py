@@ -205,6 +205,8 @@ class Service:
         self.outbox.send(hello)
         log.info("ready: protocol %d, torch %s, device %s%s", PROTOCOL_VERSION, hello["torch"],
                  hello["device"], f" ({hello['gpu_name']})" if hello["gpu_name"] else "")
+        threading.Thread(target=warm_up, args=(hello["device"],), name="warm-up",
+                         daemon=True).start()
         while True:
             try:
                 message = read_frame(self._reader)
@@ -354,6 +356,22 @@ class Service:
         return {"type": "heartbeat", "busy": worker is not None and worker.is_alive(),
                 "fit_id": self._fit_id, "iteration": self._iteration,
                 "uptime": time.monotonic() - self._started}
+
+
+def warm_up(device: str) -> None:
+    """Load, while the client prepares its first request, what the first fit would
+    otherwise wait for: torch.optim's lazy import of torch._dynamo (2 s on a 2-core
+    CPU) and, on a GPU, the compiled kernels. A failure here is only logged: the fit
+    meets it again and reports it."""
+    try:
+        import torch._dynamo  # noqa: F401
+
+        if device == "cuda":
+            from .raster_cuda import load_kernels
+
+            load_kernels()
+    except Exception:
+        log.exception("warm-up failed")
 
 
 def backend_info(fitting) -> dict:
