@@ -245,12 +245,14 @@ def test_hello_comes_first_and_names_versions_and_device():
 
 def test_a_slow_reader_gets_the_newest_vertices_without_a_backlog(harness):
     h = harness(max_vertex_rate=20)
+    start = time.monotonic()
     h.send(fit_request(iterations=300, delay=0.005))
     time.sleep(1.0)  # the client is busy: the fit runs on meanwhile
     messages = h.read_until("done")
+    elapsed = time.monotonic() - start
     vertices = [m for m in messages if m["type"] == "vertices"]
-    # About 300 iterations streamed in ~1.5 s; at most 20 per second go out.
-    assert 1 <= len(vertices) <= 1.5 * 20 + 2
+    # 300 iterations posted vertices; at most 20 per second went out.
+    assert 1 <= len(vertices) <= elapsed * 20 + 2
     for m in vertices:  # copies taken when posted, not the fit's live buffer
         assert np.all(m["vertices"] == m["iteration"])
     assert vertices[0]["faces"] is not None  # the first (topology) message survived
