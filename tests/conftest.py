@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from backend.camera import blender_camera, orbit_cameras
+from backend.mesh_ops import icosphere as mesh_icosphere
 from backend.renderer import Cameras
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,31 +38,9 @@ def load_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def icosphere(subdivisions: int = 2, radius: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A unit icosphere: vertices (V, 3) float64, faces (F, 3) int64, outward CCW."""
-    t = (1.0 + 5 ** 0.5) / 2.0
-    verts = [[-1, t, 0], [1, t, 0], [-1, -t, 0], [1, -t, 0], [0, -1, t], [0, 1, t],
-             [0, -1, -t], [0, 1, -t], [t, 0, -1], [t, 0, 1], [-t, 0, -1], [-t, 0, 1]]
-    faces = [[0, 11, 5], [0, 5, 1], [0, 1, 7], [0, 7, 10], [0, 10, 11], [1, 5, 9], [5, 11, 4],
-             [11, 10, 2], [10, 7, 6], [7, 1, 8], [3, 9, 4], [3, 4, 2], [3, 2, 6], [3, 6, 8],
-             [3, 8, 9], [4, 9, 5], [2, 4, 11], [6, 2, 10], [8, 6, 7], [9, 8, 1]]
-    verts = [np.array(v, dtype=np.float64) / np.linalg.norm(v) for v in verts]
-    for _ in range(subdivisions):
-        cache, new_faces = {}, []
-
-        def midpoint(i, j, cache=cache):
-            key = (min(i, j), max(i, j))
-            if key not in cache:
-                m = verts[i] + verts[j]
-                verts.append(m / np.linalg.norm(m))
-                cache[key] = len(verts) - 1
-            return cache[key]
-
-        for a, b, c in faces:
-            ab, bc, ca = midpoint(a, b), midpoint(b, c), midpoint(c, a)
-            new_faces += [[a, ab, ca], [b, bc, ab], [c, ca, bc], [ab, bc, ca]]
-        faces = new_faces
-    return (torch.tensor(np.array(verts) * radius, dtype=torch.float64),
-            torch.tensor(faces, dtype=torch.int64))
+    """`backend.mesh_ops.icosphere` as torch: vertices (V, 3) float64, faces (F, 3) int64."""
+    v, f = mesh_icosphere(subdivisions)
+    return torch.tensor(v * radius, dtype=torch.float64), torch.tensor(f, dtype=torch.int64)
 
 
 def make_cameras(count=4, width=64, height=48, distance=4.0, dtype=torch.float64,

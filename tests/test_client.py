@@ -11,13 +11,11 @@ import textwrap
 import time
 from pathlib import Path
 
+import fit_scenes
 import numpy as np
 import pytest
 import torch
-from conftest import icosphere
 
-from backend.camera import blender_camera, orbit_cameras
-from backend.renderer import Cameras, RenderSettings, render_silhouette
 from softras_blender import client as client_module
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,20 +32,13 @@ BACKEND = default_backend_command(sys.executable) + ["--max-vertex-rate", "50"]
 def ellipsoid_scene(size=32, count=6):
     """Silhouettes of an off-centre ellipsoid seen by a ring of cameras, and a sphere to
     start from: (vertices (V, 3) float32, faces (F, 3) int32, views for start_fit)."""
-    v, f = icosphere(2)
-    target = v * torch.tensor([1.0, 0.6, 0.45], dtype=torch.float64) \
-        + torch.tensor([0.2, 0.0, 0.1], dtype=torch.float64)
-    cams = [blender_camera(matrix_world=m, resolution_x=size, resolution_y=size, lens=50)
-            for m in orbit_cameras(count, [25.0], 5.0, azimuth_offset_deg=15.0)]
-    alpha = render_silhouette(target, f, Cameras.from_matrices(cams, dtype=torch.float64),
-                              RenderSettings(sigma=0.05)).numpy()
-    views = []
-    for i, (cam, a) in enumerate(zip(cams, alpha, strict=True)):
-        image = np.ones((size, size, 4), np.float32)
-        image[..., 3] = a
-        views.append({"name": f"cam{i}", "camera": cam.to_dict(), "image": image,
-                      "held_out": False})
-    return (0.8 * v.numpy()).astype(np.float32), f.numpy().astype(np.int32), views
+    v, f = fit_scenes.sphere(level=2)
+    target = v * [1.0, 0.6, 0.45] + [0.2, 0.0, 0.1]
+    cams = fit_scenes.cameras(size=(size, size), elevations=(25.0,), azimuths=count,
+                              azimuth_offset=15.0)
+    views = [{"name": view.name, "camera": view.camera.to_dict(), "image": view.image,
+              "held_out": view.held_out} for view in fit_scenes.views_of(target, f, cams)]
+    return (0.8 * v).astype(np.float32), f.astype(np.int32), views
 
 
 @pytest.fixture(scope="module")
