@@ -26,6 +26,7 @@ import bpy
 import mathutils
 import numpy as np
 
+from softras_blender.scene_export import camera_params  # noqa: F401 (re-exported)
 from softras_blender.silhouettes import linear_to_srgb, srgb_to_linear  # noqa: F401 (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -227,37 +228,6 @@ def _matrix(rows) -> mathutils.Matrix:
     if rows.shape != (4, 4) or not np.all(np.isfinite(rows)):
         raise ValueError(f"matrix_world must be a finite 4x4 matrix, got shape {rows.shape}")
     return mathutils.Matrix(rows.tolist())
-
-
-def camera_params(cam_obj, scene) -> dict:
-    """The plain parameters of a camera object and the scene's render settings.
-
-    Returns a dict of plain Python values with exactly the keyword arguments of
-    `backend.camera.blender_camera` (``matrix_world`` as a 4x4 nested list), read
-    from ``cam_obj.matrix_world``, ``cam_obj.data`` and ``scene.render``. Raises
-    ValueError where the rendered image would not be the camera's full frame
-    (a cropped render border).
-    """
-    render, data = scene.render, cam_obj.data
-    if render.use_border and render.use_crop_to_border:
-        raise ValueError("the scene renders a cropped border region: turn off 'Crop to Render "
-                         "Region' (or the render region) so images show the full camera frame")
-    return {
-        "matrix_world": [list(map(float, row)) for row in cam_obj.matrix_world],
-        "resolution_x": int(render.resolution_x),
-        "resolution_y": int(render.resolution_y),
-        "resolution_percentage": int(render.resolution_percentage),
-        "lens": float(data.lens),
-        "sensor_width": float(data.sensor_width),
-        "sensor_height": float(data.sensor_height),
-        "sensor_fit": str(data.sensor_fit),
-        "shift_x": float(data.shift_x),
-        "shift_y": float(data.shift_y),
-        "pixel_aspect_x": float(render.pixel_aspect_x),
-        "pixel_aspect_y": float(render.pixel_aspect_y),
-        "camera_type": str(data.type),
-        "ortho_scale": float(data.ortho_scale),
-    }
 
 
 def configure_cycles(

@@ -64,29 +64,36 @@ def mesh_arrays(obj) -> tuple[np.ndarray, np.ndarray]:
     return vertices.astype(np.float32), faces.reshape(-1, 3)
 
 
-def camera_matrices(scene, cam_obj) -> camera_model.CameraMatrices:
-    """The rasterizer's camera for a camera object and the scene's render settings."""
+def camera_params(cam_obj, scene) -> dict:
+    """A camera object's and the scene's render settings as plain numbers: exactly the
+    keyword arguments of `backend.camera.blender_camera`."""
     render, data = scene.render, cam_obj.data
     if render.use_border and render.use_crop_to_border:
         raise ExportError("the scene renders a cropped region: turn off 'Crop to Render Region' "
                           "so the reference images show the full camera frame")
+    return {
+        "matrix_world": [list(map(float, row)) for row in cam_obj.matrix_world],
+        "resolution_x": int(render.resolution_x),
+        "resolution_y": int(render.resolution_y),
+        "resolution_percentage": int(render.resolution_percentage),
+        "lens": float(data.lens),
+        "sensor_width": float(data.sensor_width),
+        "sensor_height": float(data.sensor_height),
+        "sensor_fit": str(data.sensor_fit),
+        "shift_x": float(data.shift_x),
+        "shift_y": float(data.shift_y),
+        "pixel_aspect_x": float(render.pixel_aspect_x),
+        "pixel_aspect_y": float(render.pixel_aspect_y),
+        "camera_type": str(data.type),
+        "ortho_scale": float(data.ortho_scale),
+    }
+
+
+def camera_matrices(scene, cam_obj) -> camera_model.CameraMatrices:
+    """The rasterizer's camera for a camera object and the scene's render settings."""
+    params = camera_params(cam_obj, scene)
     try:
-        return camera_model.blender_camera(
-            matrix_world=[list(row) for row in cam_obj.matrix_world],
-            resolution_x=render.resolution_x,
-            resolution_y=render.resolution_y,
-            resolution_percentage=render.resolution_percentage,
-            lens=data.lens,
-            sensor_width=data.sensor_width,
-            sensor_height=data.sensor_height,
-            sensor_fit=data.sensor_fit,
-            shift_x=data.shift_x,
-            shift_y=data.shift_y,
-            pixel_aspect_x=render.pixel_aspect_x,
-            pixel_aspect_y=render.pixel_aspect_y,
-            camera_type=data.type,
-            ortho_scale=data.ortho_scale,
-        )
+        return camera_model.blender_camera(**params)
     except ValueError as exc:
         raise ExportError(f"camera {cam_obj.name!r}: {exc}") from exc
 
