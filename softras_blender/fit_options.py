@@ -16,6 +16,9 @@ DEFAULT_RESOLUTION = 256  # longest image side the fit works at, pixels
 DEFAULT_SHARPNESS = "MEDIUM"
 DEVICES = ("AUTO", "CPU", "CUDA")
 
+# Panel starts without a mesh -> the backend's initial mesh ("init" option).
+START_SHAPES = {"HULL": "hull", "SPHERE": "sphere"}
+
 # The regulariser weights that "smoothness" scales.
 SMOOTHNESS_WEIGHTS = ("laplacian_weight", "flatten_weight", "normal_weight")
 
@@ -47,10 +50,10 @@ def backend_defaults() -> dict:
 def options_from_settings(settings: dict, device: str) -> dict:
     """FitOptions fields for the panel's settings.
 
-    settings: {"iterations", "resolution", "sharpness", "fit_colors", "smoothness"} as
-    on ``scene.softras`` (the resolution is applied to the images before sending, see
-    `fit_size`); device: "AUTO" | "CPU" | "CUDA". Raises ValueError for values the
-    backend would refuse.
+    settings: {"iterations", "sharpness", "fit_colors", "smoothness", "start", "align_mesh"}
+    as on ``scene.softras`` ("start" is its mesh_source; the resolution is applied to
+    the images before sending, see `fit_size`); device: "AUTO" | "CPU" | "CUDA". Raises
+    ValueError for values the backend would refuse.
     """
     device = device.upper()
     if device not in DEVICES:
@@ -73,6 +76,11 @@ def options_from_settings(settings: dict, device: str) -> dict:
         # Stream about 30 meshes per fit, but not more often than every 5 steps.
         "stream_every": max(5, iterations // 30),
     }
+    start = settings.get("start", "ACTIVE")
+    if start in START_SHAPES:
+        options["init"] = START_SHAPES[start]
+    elif settings.get("align_mesh"):
+        options["align_initial"] = True
     defaults = backend_defaults()
     if sharpness != "MEDIUM":
         options["sigma_start"] = defaults["sigma_start"] * preset.start_factor

@@ -35,7 +35,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scene", type=Path, help="the .blend file to open (needed when "
                         "Blender did not open one itself)")
     parser.add_argument("--object", help="the mesh object to fit (default: start from the "
-                        "silhouettes' visual hull)")
+                        "silhouettes, see --start)")
+    parser.add_argument("--start", choices=("hull", "sphere"), default="hull",
+                        help="without --object: start from the silhouettes' visual hull or "
+                        "from a sphere over their bounding box (default: hull)")
+    parser.add_argument("--align", action="store_true",
+                        help="with --object: move and scale the mesh onto the silhouettes "
+                        "before fitting")
     parser.add_argument("--cameras", help="a collection name, or comma-separated camera names "
                         "(default: every camera with a reference image)")
     parser.add_argument("--images", type=Path, help="folder with one image per camera, named "
@@ -100,8 +106,9 @@ def configure(args, scene) -> None:
 
     settings = scene.softras
     if args.object is None:
-        settings.mesh_source = "HULL"
+        settings.mesh_source = "SPHERE" if args.start == "sphere" else "HULL"
     else:
+        settings.align_mesh = args.align
         obj = scene.objects.get(args.object)
         if obj is None:
             raise BadInput(f"--object {args.object}: the scene has no object of that name")

@@ -61,14 +61,16 @@ class FitTarget:
     """The objects a fit writes to, and what it takes to undo the writes.
 
     source_name: the mesh object being fitted, or None when the fit starts from the
-    visual hull; scene_name: the scene whose collection gets a new result object;
-    source_faces: the (F, 3) triangles sent for the source (faces that come back
-    equal to them are no topology change).
+    silhouettes (then ``start_name``, "Visual Hull" or "Sphere", names the new object);
+    scene_name: the scene whose collection gets a new result object; source_faces: the
+    (F, 3) triangles sent for the source (faces that come back equal to them are no
+    topology change).
     """
 
     def __init__(self, source_name: str | None, scene_name: str,
-                 source_faces: np.ndarray | None = None):
+                 source_faces: np.ndarray | None = None, start_name: str = "Visual Hull"):
         self.source_name = source_name
+        self.start_name = start_name
         self.scene_name = scene_name
         self._source_faces = source_faces
         self.result_name: str | None = None  # a new object holding a changed topology
@@ -198,7 +200,7 @@ class FitTarget:
             if faces is None:
                 raise RuntimeError("the backend sent vertices for a new topology without its "
                                    "faces")
-            base = self.source_name or "Visual Hull"
+            base = self.source_name or self.start_name
             mesh = bpy.data.meshes.new(base + RESULT_SUFFIX)
             obj = bpy.data.objects.new(base + RESULT_SUFFIX, mesh)
             scene = bpy.data.scenes.get(self.scene_name)

@@ -36,6 +36,8 @@ class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
                 col.label(text="The active object is not a mesh", icon="ERROR")
             else:
                 col.label(text=obj.name, icon="MESH_DATA")
+        if settings.mesh_source in {"OBJECT", "ACTIVE"}:
+            col.prop(settings, "align_mesh")
         col.separator()
         col.prop(settings, "camera_source")
         if settings.camera_source == "COLLECTION":

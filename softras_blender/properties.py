@@ -35,9 +35,16 @@ class SoftRasSettings(PropertyGroup):
             ("OBJECT", "Object", "A chosen mesh object"),
             ("HULL", "Visual Hull",
              "No mesh: start from the silhouettes' visual hull (makes a new object)"),
+            ("SPHERE", "Sphere",
+             "No mesh: start from a sphere stretched over the silhouettes' bounding box "
+             "(makes a new object)"),
         ),
         default="ACTIVE",
     )
+    align_mesh: BoolProperty(
+        name="Align First", default=False,
+        description="Move and scale the mesh onto the silhouettes before fitting (for a "
+                    "mesh that sits away from the object in the images)")
     target_object: PointerProperty(name="Object", type=bpy.types.Object, poll=_is_mesh,
                                    description="The mesh object to fit")
     camera_source: EnumProperty(

@@ -30,6 +30,8 @@ def settings_dict(settings) -> dict:
         "sharpness": settings.sharpness,
         "fit_colors": settings.fit_colors,
         "smoothness": settings.smoothness,
+        "start": settings.mesh_source,
+        "align_mesh": settings.align_mesh,
     }
 
 
@@ -59,7 +61,7 @@ class FitSession:
         settings = scene.softras
         self.verbose = verbose
 
-        if settings.mesh_source == "HULL":
+        if settings.mesh_source in fit_options.START_SHAPES:
             source = None
         elif settings.mesh_source == "OBJECT":
             source = settings.target_object
@@ -100,7 +102,9 @@ class FitSession:
             self.command = default_backend_command(python)
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
-        self.target = FitTarget(source.name if source else None, scene.name, self.faces)
+        start_name = {"HULL": "Visual Hull", "SPHERE": "Sphere"}.get(settings.mesh_source, "")
+        self.target = FitTarget(source.name if source else None, scene.name, self.faces,
+                                start_name)
 
         self.client: BackendClient | None = None
         self.fit_sent = False

@@ -216,6 +216,19 @@ def test_settings_map_to_valid_fit_options():
         fit_options.options_from_settings({**settings, "sharpness": "FUZZY"}, "CPU")
 
 
+def test_starts_without_a_mesh_and_alignment_map_to_fit_options():
+    fitting = pytest.importorskip("backend.fitting")
+    settings = {"iterations": 50, "sharpness": "MEDIUM", "fit_colors": False,
+                "smoothness": 1.0, "align_mesh": True}
+    sphere = fit_options.options_from_settings({**settings, "start": "SPHERE"}, "CPU")
+    hull = fit_options.options_from_settings({**settings, "start": "HULL"}, "CPU")
+    given = fit_options.options_from_settings({**settings, "start": "ACTIVE"}, "CPU")
+    assert fitting.FitOptions.from_dict(sphere).init == "sphere"
+    assert fitting.FitOptions.from_dict(hull).init == "hull"
+    assert "align_initial" not in sphere  # nothing to align without a mesh
+    assert fitting.FitOptions.from_dict(given).align_initial
+
+
 def test_fit_size_keeps_the_aspect():
     assert fit_options.fit_size(1920, 1080, 256) == (256, 144)
     assert fit_options.fit_size(64, 48, 0) == (64, 48)

@@ -93,6 +93,38 @@ def test_starts_from_the_visual_hull_with_images_from_a_folder(scene_file, tmp_p
     assert data["mean_fit_iou"] > 0.5
 
 
+def test_starts_from_a_sphere_over_the_silhouettes(scene_file, tmp_path):
+    report = tmp_path / "r.json"
+    done = run([str(HEADLESS), "--", "--scene", str(scene_file), "--start", "sphere",
+                "--iterations", "10", "--resolution", "32", "--device", "cpu",
+                "--report", str(report)], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = json.loads(report.read_text())
+    assert data["source_object"] is None and data["object"] == "Sphere SoftRas Fit"
+    assert data["mean_fit_iou"] > 0.5
+
+
+def test_align_moves_a_far_away_mesh_onto_the_silhouettes(scene_file, tmp_path):
+    # The scene's sphere, moved off to the side: without --align the fit starts with
+    # no overlap; with it the mesh is placed on the silhouettes first.
+    moved = tmp_path / "moved.blend"
+    check = run(["-c", (
+        "import bpy, sys; bpy.ops.wm.open_mainfile(filepath=sys.argv[1]);"
+        "bpy.data.objects['Sphere'].location = (6.0, 0.0, 2.0);"
+        "bpy.ops.wm.save_as_mainfile(filepath=sys.argv[2], copy=True)"),
+        str(scene_file), str(moved)], tmp_path)
+    assert check.returncode == 0, check.stderr[-2000:]
+    ious = {}
+    for extra in ([], ["--align"]):
+        report = tmp_path / f"r{len(extra)}.json"
+        done = run([str(HEADLESS), "--", "--scene", str(moved), "--object", "Sphere",
+                    "--iterations", "10", "--resolution", "32", "--device", "cpu",
+                    "--report", str(report), *extra], tmp_path)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        ious[bool(extra)] = json.loads(report.read_text())["mean_fit_iou"]
+    assert ious[True] > 0.5 and ious[True] > ious[False] + 0.2
+
+
 @pytest.mark.parametrize("case, args, reason", [
     ("not a mesh", ["--object", "Camera.00"], "it is a camera object, not a mesh"),
     ("overwrite input", ["--object", "Sphere", "--output", "{scene}"], "is the input scene"),
