@@ -134,9 +134,29 @@ __device__ __forceinline__ T log_one_minus_sigmoid(T x) {
     return -(fmax(x, T(0)) + log1p(exp(-fabs(x))));
 }
 
-__device__ __forceinline__ int tile_list_index(int camera, int px, int py, int tile,
-                                               int tiles_x, int tiles) {
-    return camera * tiles + (py / tile) * tiles_x + px / tile;
+// The pixel a thread shades: its column and row, camera, centre, flat index into
+// (B, H, W, ...) images, and the index of its tile's face list.
+template <typename T>
+struct ThreadPixel {
+    int x, y, camera;
+    T cx, cy;
+    index_t index;
+    int list;
+};
+
+// Fills *p for this thread; false for a thread past the image's edge.
+template <typename T>
+__device__ __forceinline__ bool locate_pixel(int H, int W, int tile, int tiles_x, int tiles,
+                                             ThreadPixel<T>* p) {
+    p->x = blockIdx.x * blockDim.x + threadIdx.x;
+    p->y = blockIdx.y * blockDim.y + threadIdx.y;
+    p->camera = blockIdx.z;
+    if (p->x >= W || p->y >= H) return false;
+    p->cx = T(p->x) + T(0.5);
+    p->cy = T(p->y) + T(0.5);
+    p->index = (index_t(p->camera) * H + p->y) * W + p->x;
+    p->list = p->camera * tiles + (p->y / tile) * tiles_x + p->x / tile;
+    return true;
 }
 
 // Forward pass. rgba: (B, H, W, channels) with channels 4 (RGBA) or 1 (alpha only);
@@ -147,25 +167,21 @@ __device__ void soft_raster_forward_impl(
     const int* tile_offsets, const int* tile_faces, T* rgba, T* aux,
     int F, int H, int W, int tile, int tiles_x, int tiles, int channels,
     T sigma, T d2_cutoff, T gamma, T eps, T z_near, T z_far, T bg_r, T bg_g, T bg_b) {
-    const int px = blockIdx.x * blockDim.x + threadIdx.x;
-    const int py = blockIdx.y * blockDim.y + threadIdx.y;
-    const int camera = blockIdx.z;
-    if (px >= W || py >= H) return;
-    const T cx = T(px) + T(0.5), cy = T(py) + T(0.5);
+    ThreadPixel<T> p;
+    if (!locate_pixel(H, W, tile, tiles_x, tiles, &p)) return;
     const bool with_color = channels == 4;
-    const bool ortho = orthographic[camera] != 0;
+    const bool ortho = orthographic[p.camera] != 0;
     const T eps_score = eps / gamma;
 
     T log_transparency = T(0);
     T peak = eps_score, total = T(1);  // the background's weight is e^(eps/gamma - M)
     T numerator[3] = {bg_r, bg_g, bg_b};
 
-    const int list = tile_list_index(camera, px, py, tile, tiles_x, tiles);
-    for (int i = tile_offsets[list]; i < tile_offsets[list + 1]; ++i) {
+    for (int i = tile_offsets[p.list]; i < tile_offsets[p.list + 1]; ++i) {
         const int f = tile_faces[i];
-        const index_t face = index_t(camera) * F + f;
+        const index_t face = index_t(p.camera) * F + f;
         FaceSample<T> s;
-        if (!sample_face(face_screen + 9 * face, cx, cy, d2_cutoff, &s)) continue;
+        if (!sample_face(face_screen + 9 * face, p.cx, p.cy, d2_cutoff, &s)) continue;
         const T x = (s.inside ? s.d2 : -s.d2) / sigma;
         log_transparency += log_one_minus_sigmoid(x);
         if (!with_color) continue;
@@ -186,16 +202,15 @@ __device__ void soft_raster_forward_impl(
             numerator[ch] += weight * (beta[0] * c[ch] + beta[1] * c[3 + ch] + beta[2] * c[6 + ch]);
     }
 
-    const index_t pixel = (index_t(camera) * H + py) * W + px;
     const T alpha = -expm1(log_transparency);
     if (!with_color) {
-        rgba[pixel] = alpha;
+        rgba[p.index] = alpha;
         return;
     }
-    for (int ch = 0; ch < 3; ++ch) rgba[4 * pixel + ch] = numerator[ch] / total;
-    rgba[4 * pixel + 3] = alpha;
-    aux[2 * pixel + 0] = peak;
-    aux[2 * pixel + 1] = total;
+    for (int ch = 0; ch < 3; ++ch) rgba[4 * p.index + ch] = numerator[ch] / total;
+    rgba[4 * p.index + 3] = alpha;
+    aux[2 * p.index + 0] = peak;
+    aux[2 * p.index + 1] = total;
 }
 
 // Backward pass: accumulates into grad_screen and grad_colors (both (B, F, 3, 3),
@@ -207,37 +222,32 @@ __device__ void soft_raster_backward_impl(
     const T* grad_rgba, T* grad_screen, T* grad_colors,
     int F, int H, int W, int tile, int tiles_x, int tiles, int channels,
     T sigma, T d2_cutoff, T gamma, T eps, T z_near, T z_far) {
-    const int px = blockIdx.x * blockDim.x + threadIdx.x;
-    const int py = blockIdx.y * blockDim.y + threadIdx.y;
-    const int camera = blockIdx.z;
-    if (px >= W || py >= H) return;
-    const T cx = T(px) + T(0.5), cy = T(py) + T(0.5);
+    ThreadPixel<T> p;
+    if (!locate_pixel(H, W, tile, tiles_x, tiles, &p)) return;
     const bool with_color = channels == 4;
-    const bool ortho = orthographic[camera] != 0;
-    const index_t pixel = (index_t(camera) * H + py) * W + px;
+    const bool ortho = orthographic[p.camera] != 0;
 
-    const T alpha = rgba[channels * pixel + channels - 1];
-    const T grad_alpha = grad_rgba[channels * pixel + channels - 1];
+    const T alpha = rgba[channels * p.index + channels - 1];
+    const T grad_alpha = grad_rgba[channels * p.index + channels - 1];
     T color[3] = {T(0), T(0), T(0)}, grad_color[3] = {T(0), T(0), T(0)};
     T peak = T(0), total = T(1);
     if (with_color) {
         for (int ch = 0; ch < 3; ++ch) {
-            color[ch] = rgba[4 * pixel + ch];
-            grad_color[ch] = grad_rgba[4 * pixel + ch];
+            color[ch] = rgba[4 * p.index + ch];
+            grad_color[ch] = grad_rgba[4 * p.index + ch];
         }
-        peak = aux[2 * pixel + 0];
-        total = aux[2 * pixel + 1];
+        peak = aux[2 * p.index + 0];
+        total = aux[2 * p.index + 1];
     }
     const bool any_color_grad = with_color &&
         (grad_color[0] != T(0) || grad_color[1] != T(0) || grad_color[2] != T(0));
     if (grad_alpha == T(0) && !any_color_grad) return;
 
-    const int list = tile_list_index(camera, px, py, tile, tiles_x, tiles);
-    for (int i = tile_offsets[list]; i < tile_offsets[list + 1]; ++i) {
+    for (int i = tile_offsets[p.list]; i < tile_offsets[p.list + 1]; ++i) {
         const int f = tile_faces[i];
-        const index_t face = index_t(camera) * F + f;
+        const index_t face = index_t(p.camera) * F + f;
         FaceSample<T> s;
-        if (!sample_face(face_screen + 9 * face, cx, cy, d2_cutoff, &s)) continue;
+        if (!sample_face(face_screen + 9 * face, p.cx, p.cy, d2_cutoff, &s)) continue;
         const T x = (s.inside ? s.d2 : -s.d2) / sigma;
         const T prob = sigmoid(x);
         T grad_x = grad_alpha * (T(1) - alpha) * prob;  // d alpha / d x_j = (1 - alpha) D_j
@@ -303,10 +313,10 @@ __device__ void soft_raster_backward_impl(
             // dE/db = (p.y - a.y, a.x - p.x). The area A = E(v0, v1, v2) adds to all three.
             for (int k = 0; k < 3; ++k) {
                 const int a = (k + 1) % 3, e = (k + 2) % 3;
-                grad_corner[a][0] += grad_edge[k] * (s.y[e] - cy);
-                grad_corner[a][1] += grad_edge[k] * (cx - s.x[e]);
-                grad_corner[e][0] += grad_edge[k] * (cy - s.y[a]);
-                grad_corner[e][1] += grad_edge[k] * (s.x[a] - cx);
+                grad_corner[a][0] += grad_edge[k] * (s.y[e] - p.cy);
+                grad_corner[a][1] += grad_edge[k] * (p.cx - s.x[e]);
+                grad_corner[e][0] += grad_edge[k] * (p.cy - s.y[a]);
+                grad_corner[e][1] += grad_edge[k] * (s.x[a] - p.cx);
                 // dA/dv_k = (y_{k+1} - y_{k+2}, x_{k+2} - x_{k+1})
                 grad_corner[k][0] += grad_area * (s.y[a] - s.y[e]);
                 grad_corner[k][1] += grad_area * (s.x[e] - s.x[a]);
@@ -319,7 +329,7 @@ __device__ void soft_raster_backward_impl(
         const int a = s.closest_edge, e = (s.closest_edge + 1) % 3;
         const T t = s.closest_t;
         const T qx = s.x[a] + t * (s.x[e] - s.x[a]), qy = s.y[a] + t * (s.y[e] - s.y[a]);
-        const T dx = cx - qx, dy = cy - qy;
+        const T dx = p.cx - qx, dy = p.cy - qy;
         grad_corner[a][0] += -T(2) * dx * (T(1) - t) * grad_d2;
         grad_corner[a][1] += -T(2) * dy * (T(1) - t) * grad_d2;
         grad_corner[e][0] += -T(2) * dx * t * grad_d2;
