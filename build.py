@@ -9,7 +9,7 @@ backend_requirements.txt (the ``backend`` extra of pyproject.toml, which the
 add-on's "Install Backend" button installs). No tests, no caches.
 
 How the add-on reaches the backend: the add-on imports the torch-free backend
-modules relatively (``from .backend import camera``), and the backend process runs
+modules relatively (``from .backend.core import camera``), and the backend process runs
 ``python -m backend serve`` from the add-on's folder. In the zip, backend/ and
 kernels/ are real folders inside the add-on. In the repository they are git
 symlinks (softras_blender/backend -> ../backend, softras_blender/kernels ->
@@ -92,8 +92,8 @@ def check_zip(path: Path) -> None:
     """The zip holds the add-on, the backend and the kernels, and nothing it should not."""
     names = zipfile.ZipFile(path).namelist()
     required = ["__init__.py", "blender_manifest.toml", "client.py", REQUIREMENTS_FILE,
-                "backend/__init__.py", "backend/__main__.py", "backend/camera.py",
-                "backend/protocol.py"]
+                "backend/__init__.py", "backend/__main__.py", "backend/core/camera.py",
+                "backend/core/protocol.py"]
     missing = [n for n in required if n not in names]
     if not any(n.startswith("kernels/") for n in names):
         missing.append("kernels/")

@@ -1,7 +1,7 @@
 """softras-blender's backend: a differentiable Soft Rasterizer and the mesh fitter on top.
 
 The heavy modules (torch, CuPy) load on first use, so the torch-free parts
-(`backend.camera`, `backend.protocol`) can be imported from Blender's own Python.
+(`backend.core.camera`, `backend.core.protocol`) can be imported from Blender's own Python.
 
     from backend import render, RenderSettings, Cameras
 """
@@ -11,11 +11,11 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {
-    "render": "backend.renderer",
-    "render_silhouette": "backend.renderer",
-    "RenderSettings": "backend.renderer",
-    "Lighting": "backend.renderer",
-    "Cameras": "backend.renderer",
+    "render": "backend.render.renderer",
+    "render_silhouette": "backend.render.renderer",
+    "RenderSettings": "backend.render.renderer",
+    "Lighting": "backend.render.renderer",
+    "Cameras": "backend.render.renderer",
 }
 
 

@@ -52,8 +52,8 @@ def main(argv=None) -> int:
         return EXIT_STARTUP_ERROR
 
     reader, writer = _protocol_streams()
-    from .protocol import write_frame
-    from .service import Service, error_message
+    from .core.protocol import write_frame
+    from .process.service import Service, error_message
 
     if problem:
         sys.stderr.write(problem[0] + "\n")

@@ -1,4 +1,4 @@
-"""Fitting benchmark: quality and speed of `backend.fitting.fit` against Cycles renders.
+"""Fitting benchmark: quality and speed of `backend.fit.fitting.fit` against Cycles renders.
 
     python benchmarks/bench_fit.py [--models suzanne spot] [--sizes 128x128 320x240]
                                    [--set iterations=200 ...] [--picture docs/fit_silhouettes.png]
@@ -38,10 +38,10 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(REPO_ROOT)
 
-from backend.camera import blender_camera, orbit_cameras  # noqa: E402
-from backend.fitting import FitOptions, View, auto_init_faces, fit  # noqa: E402
-from backend.mesh_ops import sample_surface  # noqa: E402
-from backend.visual_hull import Silhouettes, visual_hull  # noqa: E402
+from backend.core.camera import blender_camera, orbit_cameras  # noqa: E402
+from backend.fit.fitting import FitOptions, View, auto_init_faces, fit  # noqa: E402
+from backend.fit.mesh_ops import sample_surface  # noqa: E402
+from backend.fit.visual_hull import Silhouettes, visual_hull  # noqa: E402
 from devtools import cycles_render as cycles  # noqa: E402
 
 FIT_ELEVATIONS = (-15.0, 15.0, 45.0)

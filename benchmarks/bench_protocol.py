@@ -29,12 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend import protocol  # noqa: E402
+from backend.core import protocol  # noqa: E402
 from softras_blender import client as client_module  # noqa: E402
 
 WRITER = """
 import sys, numpy as np
-from backend import protocol
+from backend.core import protocol
 count, kind = int(sys.argv[1]), sys.argv[2]
 out = sys.stdout.buffer
 rng = np.random.default_rng(0)
@@ -95,9 +95,9 @@ def fit_scene(size: int, count: int):
     """Silhouettes of an off-centre ellipsoid from a ring of cameras (views as dicts)."""
     import torch
 
-    from backend.camera import blender_camera, orbit_cameras
-    from backend.mesh_ops import icosphere
-    from backend.renderer import Cameras, RenderSettings, render_silhouette
+    from backend.core.camera import blender_camera, orbit_cameras
+    from backend.fit.mesh_ops import icosphere
+    from backend.render.renderer import Cameras, RenderSettings, render_silhouette
 
     v, f = icosphere(3)
     target = torch.tensor(v * [1.0, 0.6, 0.45] + [0.2, 0.0, 0.1])

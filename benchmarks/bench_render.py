@@ -65,8 +65,8 @@ def uv_sphere(rings: int, segments: int):
 def run_case(impl: str, case: str, repeat: int, silhouette: bool) -> dict:
     import torch
 
-    from backend.camera import blender_camera, orbit_cameras
-    from backend.renderer import Cameras, render, render_silhouette
+    from backend.core.camera import blender_camera, orbit_cameras
+    from backend.render.renderer import Cameras, render, render_silhouette
 
     views, width, height, (rings, segments) = CASES[case]
     device = "cpu" if impl == "cpu" else "cuda"
@@ -140,7 +140,7 @@ def main():
 
     import torch
 
-    from backend.raster_cuda import cuda_available
+    from backend.render.raster_cuda import cuda_available
 
     impls = args.impl or (["cuda-naive", "cuda", "cpu"] if cuda_available()[0] else ["cpu"])
     if not cuda_available()[0] and any(i != "cpu" for i in impls):

@@ -8,10 +8,10 @@
     rgba = cycles.render_rgba(scene, cam)              # (H, W, 4) float32, row 0 at the top
     same = cycles.camera_params(cam, scene)            # plain dict -> blender_camera(**same)
 
-Camera parameters travel as the plain dict that `backend.camera.blender_camera`
+Camera parameters travel as the plain dict that `backend.core.camera.blender_camera`
 accepts (its keyword names, plain numbers, ``matrix_world`` as nested lists), so a
 scene built here and the soft rasterizer see the same camera through the one
-conversion in `backend.camera`.
+conversion in `backend.core.camera`.
 
 bpy keeps one global state: every function works on the scene it is given, and
 `reset_scene` empties everything. Importing this module imports bpy (~1 s).
@@ -31,7 +31,7 @@ from softras_blender.silhouettes import linear_to_srgb, srgb_to_linear  # noqa: 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# The keyword arguments of backend.camera.blender_camera, in its order.
+# The keyword arguments of backend.core.camera.blender_camera, in its order.
 CAMERA_KEYS = (
     "matrix_world",
     "resolution_x",
@@ -264,7 +264,7 @@ def configure_cycles(
 
 def add_sun(scene, direction, strength: float = 1.0, name: str = "sun") -> bpy.types.Object:
     """A sun lamp shining from ``direction`` (world vector pointing towards the light)."""
-    from backend.camera import look_at
+    from backend.core.camera import look_at
 
     direction = np.asarray(direction, dtype=np.float64)
     lamp = bpy.data.lights.new(name, "SUN")

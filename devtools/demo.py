@@ -25,7 +25,7 @@ if not __package__:  # run as a script: Python put devtools/ first on sys.path
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 
-from backend.camera import orbit_cameras  # noqa: E402
+from backend.core.camera import orbit_cameras  # noqa: E402
 from devtools import cycles_render as cycles  # noqa: E402
 
 TARGET_COLOR = (0.8, 0.35, 0.1)  # linear RGB of the target's material

@@ -8,7 +8,7 @@ Writes, per view i, ``spot_softras_<i>.png`` (ours) and ``spot_cycles_<i>.png``
 white background, and prints how long each step took.
 
 Both renderers get the same camera through `devtools.cycles_render.camera_params` and
-`backend.camera.blender_camera`, and the same light: an ambient term (a uniform
+`backend.core.camera.blender_camera`, and the same light: an ambient term (a uniform
 white world in Cycles) plus one directional light (a sun). Ours shades per face
 with per-vertex colours sampled from Spot's texture; Cycles shades per pixel from
 the texture, with shadows and occlusion, so the images differ in shading detail but
@@ -30,8 +30,8 @@ import torch
 # the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from backend.camera import blender_camera, orbit_cameras  # noqa: E402
-from backend.renderer import Cameras, Lighting, RenderSettings, render  # noqa: E402
+from backend.core.camera import blender_camera, orbit_cameras  # noqa: E402
+from backend.render.renderer import Cameras, Lighting, RenderSettings, render  # noqa: E402
 from devtools import cycles_render as cycles  # noqa: E402
 
 BACKGROUND = (1.0, 1.0, 1.0)

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 # backend/ is inside the add-on's folder (a symbolic link in a source checkout).
-from .backend import protocol
+from .backend.core import protocol
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ class BackendClient:
         vertices: (V, 3) float32 initial mesh, or None for the visual hull (faces None too).
         faces: (F, 3) int32. views: [{"name", "camera": CameraMatrices.to_dict(),
         "image": (H, W, 4) float32 RGBA (or uint8), "held_out": bool}].
-        options: `backend.fitting.FitOptions` fields as a dict.
+        options: `backend.fit.fitting.FitOptions` fields as a dict.
         The arrays are sent from memory as they are: do not modify them afterwards.
         Raises BackendError if a fit is running or the backend is gone, ValueError for
         data that cannot be sent.

@@ -1,7 +1,7 @@
 """The panel's few settings -> the backend's `FitOptions` fields.
 
 Plain Python (no bpy, no torch). The sharpness presets and the smoothness scale the
-backend's own defaults, imported from the torch-free backend/options.py, so they are
+backend's own defaults, imported from the torch-free backend/core/options.py, so they are
 never restated here.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .backend.options import FitOptions
+from .backend.core.options import FitOptions
 
 DEFAULT_RESOLUTION = 256  # longest image side the fit works at, pixels
 DEFAULT_SHARPNESS = "MEDIUM"

@@ -1,7 +1,7 @@
 """Blender data -> the plain data the backend fits: mesh arrays, cameras, target images.
 
 Only reads Blender data; everything computed from it lives in bpy-free modules
-(`silhouettes`, `backend.camera`). All positions are in world space.
+(`silhouettes`, `backend.core.camera`). All positions are in world space.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import bpy
 import numpy as np
 
 from . import fit_options, silhouettes
-from .backend import camera as camera_model
+from .backend.core import camera as camera_model
 
 IMAGE_EXTENSIONS = (".png", ".exr", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp", ".tga")
 # Byte images in these colour spaces hold linear values already.
@@ -66,7 +66,7 @@ def mesh_arrays(obj) -> tuple[np.ndarray, np.ndarray]:
 
 def camera_params(cam_obj, scene) -> dict:
     """A camera object's and the scene's render settings as plain numbers: exactly the
-    keyword arguments of `backend.camera.blender_camera`."""
+    keyword arguments of `backend.core.camera.blender_camera`."""
     render, data = scene.render, cam_obj.data
     if render.use_border and render.use_crop_to_border:
         raise ExportError("the scene renders a cropped region: turn off 'Crop to Render Region' "

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.camera import blender_camera, orbit_cameras
-from backend.mesh_ops import icosphere as mesh_icosphere
-from backend.renderer import Cameras
+from backend.core.camera import blender_camera, orbit_cameras
+from backend.fit.mesh_ops import icosphere as mesh_icosphere
+from backend.render.renderer import Cameras
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -38,7 +38,7 @@ def load_obj(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def icosphere(subdivisions: int = 2, radius: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """`backend.mesh_ops.icosphere` as torch: vertices (V, 3) float64, faces (F, 3) int64."""
+    """`backend.fit.mesh_ops.icosphere` as torch: vertices (V, 3) float64, faces (F, 3) int64."""
     v, f = mesh_icosphere(subdivisions)
     return torch.tensor(v * radius, dtype=torch.float64), torch.tensor(f, dtype=torch.int64)
 
@@ -55,12 +55,12 @@ def make_cameras(count=4, width=64, height=48, distance=4.0, dtype=torch.float64
 
 @pytest.fixture
 def emulated_cuda(monkeypatch):
-    """backend.raster_cuda with its kernels compiled for the host (see cuda_emulation.py)."""
+    """backend.render.raster_cuda with its kernels compiled for the host (see cuda_emulation.py)."""
     from cuda_emulation import build_library, compiler, make_run_kernel
 
     if compiler() is None:
         pytest.skip("no C++ compiler to build the host emulation of the CUDA kernels")
-    import backend.raster_cuda as raster_cuda
+    import backend.render.raster_cuda as raster_cuda
 
     monkeypatch.setattr(raster_cuda, "run_kernel", make_run_kernel(build_library()))
     monkeypatch.setattr(raster_cuda, "cuda_available", lambda: (True, ""))

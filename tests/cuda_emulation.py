@@ -1,7 +1,7 @@
 """Run the CUDA rasterizer's code path on the CPU, with kernels/soft_raster.cu
 compiled for the host (tests/cuda_emulation.cpp) instead of by CuPy for a GPU.
 
-Everything of backend.raster_cuda runs for real (binning, the autograd Function,
+Everything of backend.render.raster_cuda runs for real (binning, the autograd Function,
 argument marshalling); only `run_kernel` is replaced by a ctypes call into the
 host build, so the kernels' arithmetic is checked on machines without a GPU.
 """
@@ -51,8 +51,8 @@ def _ctype(value):
 
 
 def make_run_kernel(library: ctypes.CDLL):
-    """A drop-in for backend.raster_cuda.run_kernel that runs on CPU tensors."""
-    from backend.raster_cuda import _SUFFIX
+    """A drop-in for backend.render.raster_cuda.run_kernel that runs on CPU tensors."""
+    from backend.render.raster_cuda import _SUFFIX
 
     def run_kernel(name, grid, block, tensors, scalars):
         for t in tensors:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from backend.camera import blender_camera, orbit_cameras
-from backend.fitting import View
-from backend.mesh_ops import as_triangles, icosphere, subdivide
-from backend.renderer import Cameras, RenderSettings, render
+from backend.core.camera import blender_camera, orbit_cameras
+from backend.fit.fitting import View
+from backend.fit.mesh_ops import as_triangles, icosphere, subdivide
+from backend.render.renderer import Cameras, RenderSettings, render
 
 CUBE_QUADS = np.array([[0, 1, 3, 2], [4, 6, 7, 5], [0, 4, 5, 1], [2, 3, 7, 6], [0, 2, 6, 4],
                        [1, 5, 7, 3]])

@@ -20,7 +20,7 @@ import torch
 
 bpy = pytest.importorskip("bpy")
 
-from backend.renderer import Cameras, RenderSettings, render_silhouette  # noqa: E402
+from backend.render.renderer import Cameras, RenderSettings, render_silhouette  # noqa: E402
 from devtools import demo  # noqa: E402
 
 pytestmark = [pytest.mark.blender, pytest.mark.slow]

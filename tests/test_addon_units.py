@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.camera import blender_camera, look_at
+from backend.core.camera import blender_camera, look_at
 from softras_blender import environment, fit_options, silhouettes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,13 +194,13 @@ def test_step_runner_runs_steps_in_order_and_stops_at_a_failure(tmp_path):
 
 
 def test_backend_defaults_are_the_backends_fit_options():
-    fitting = pytest.importorskip("backend.fitting")
+    fitting = pytest.importorskip("backend.fit.fitting")
     defaults = fit_options.backend_defaults()
     assert fitting.FitOptions.from_dict(defaults) == fitting.FitOptions()
 
 
 def test_settings_map_to_valid_fit_options():
-    fitting = pytest.importorskip("backend.fitting")
+    fitting = pytest.importorskip("backend.fit.fitting")
     defaults = fitting.FitOptions()
     settings = {"iterations": 90, "sharpness": "SHARP", "fit_colors": True, "smoothness": 2.0}
     options = fit_options.options_from_settings(settings, "CUDA")
@@ -217,7 +217,7 @@ def test_settings_map_to_valid_fit_options():
 
 
 def test_starts_without_a_mesh_and_alignment_map_to_fit_options():
-    fitting = pytest.importorskip("backend.fitting")
+    fitting = pytest.importorskip("backend.fit.fitting")
     settings = {"iterations": 50, "sharpness": "MEDIUM", "fit_colors": False,
                 "smoothness": 1.0, "align_mesh": True}
     sphere = fit_options.options_from_settings({**settings, "start": "SPHERE"}, "CPU")

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from backend.binning import bin_faces, enumerate_cells, pixel_boxes, tile_size_for
+from backend.render.binning import bin_faces, enumerate_cells, pixel_boxes, tile_size_for
 
 
 def random_faces(count, width, height, seed=0):

@@ -70,7 +70,7 @@ def test_zip_carries_addon_backend_and_kernels_and_nothing_else(built_zip):
     names = zipfile.ZipFile(built_zip).namelist()
     assert built_zip.name == "softras_blender-0.1.0.zip"
     for required in ("__init__.py", "blender_manifest.toml", "operators.py", "headless.py",
-                     "backend/__main__.py", "backend/fitting.py", "backend/protocol.py",
+                     "backend/__main__.py", "backend/fit/fitting.py", "backend/core/protocol.py",
                      "kernels/soft_raster.cu", "backend_requirements.txt"):
         assert required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")

@@ -1,4 +1,4 @@
-"""backend.camera: Blender's camera and render settings -> intrinsics and extrinsics.
+"""backend.core.camera: Blender's camera and render settings -> intrinsics and extrinsics.
 
 No Blender needed; tests/test_camera_cycles.py checks the same model against Cycles.
 """
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.camera import CameraMatrices, blender_camera, look_at, orbit_cameras
-from backend.renderer import Cameras, project_points
+from backend.core.camera import CameraMatrices, blender_camera, look_at, orbit_cameras
+from backend.render.renderer import Cameras, project_points
 
 IDENTITY = np.eye(4)  # at the origin, looking down -Z, +Y up
 

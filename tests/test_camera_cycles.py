@@ -2,7 +2,7 @@
 
 Each case sets up a real Blender camera, renders it with Cycles (transparent film,
 point-sampled pixel centres), reads the camera back with `devtools.cycles_render.camera_params`,
-converts it with `backend.camera.blender_camera` and renders the soft silhouette.
+converts it with `backend.core.camera.blender_camera` and renders the soft silhouette.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 
 pytest.importorskip("bpy")
 
-from backend.camera import blender_camera, look_at  # noqa: E402
-from backend.renderer import Cameras, RenderSettings, render_silhouette  # noqa: E402
+from backend.core.camera import blender_camera, look_at  # noqa: E402
+from backend.render.renderer import Cameras, RenderSettings, render_silhouette  # noqa: E402
 from devtools import cycles_render as cycles  # noqa: E402
 
 pytestmark = pytest.mark.blender

@@ -242,7 +242,7 @@ def test_shutdown_ends_the_process_cleanly():
 FAKE_PRELUDE = """
 import sys, time
 import numpy as np
-from backend import protocol
+from backend.core import protocol
 out = sys.stdout.buffer
 def hello(version=protocol.PROTOCOL_VERSION):
     protocol.write_frame(out, {"type": "hello", "protocol": version, "backend_version": "x",

@@ -6,10 +6,10 @@ import pytest
 import torch
 from fit_scenes import box, cameras, sphere, views_of
 
-from backend import fitting, losses
-from backend.camera import blender_camera, look_at, orbit_cameras
-from backend.fitting import FitError, FitOptions, View, fit
-from backend.mesh_ops import check_mesh
+from backend.core.camera import blender_camera, look_at, orbit_cameras
+from backend.fit import fitting, losses
+from backend.fit.fitting import FitError, FitOptions, View, fit
+from backend.fit.mesh_ops import check_mesh
 
 SMALL = {"views_per_step": 4, "stream_every": 5, "init_faces": 300, "subdivide_at": ()}
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 from conftest import REPO, SHARED_DATA, has_cuda, icosphere, load_obj, make_cameras
 
-from backend.raster_cpu import rasterize_cpu
-from backend.renderer import RenderSettings, project_faces
+from backend.render.raster_cpu import rasterize_cpu
+from backend.render.renderer import RenderSettings, project_faces
 
 KERNELS = sorted((REPO / "kernels").glob("*.cu"))
 
@@ -70,7 +70,7 @@ def kernels(request):
         return request.getfixturevalue("emulated_cuda").rasterize_cuda, "cpu"
     if not has_cuda():
         pytest.skip("needs an NVIDIA GPU with CuPy")
-    from backend.raster_cuda import rasterize_cuda
+    from backend.render.raster_cuda import rasterize_cuda
 
     return rasterize_cuda, "cuda"
 
@@ -155,7 +155,7 @@ def test_kernels_match_cpu_on_spot(kernels):
 def test_gpu_matches_cpu_from_hundreds_to_tens_of_thousands_of_faces(subdivisions, size):
     if not has_cuda():
         pytest.skip("needs an NVIDIA GPU with CuPy")
-    from backend.raster_cuda import rasterize_cuda
+    from backend.render.raster_cuda import rasterize_cuda
 
     v, f = icosphere(subdivisions)  # 1280, 20480 and 81920 faces
     compare((rasterize_cuda, "cuda"), v, f, make_cameras(2, *size, distance=3.0),
@@ -166,7 +166,7 @@ def test_gpu_matches_cpu_from_hundreds_to_tens_of_thousands_of_faces(subdivision
 def test_gpu_render_is_deterministic_and_differentiable_end_to_end():
     if not has_cuda():
         pytest.skip("needs an NVIDIA GPU with CuPy")
-    from backend.renderer import render
+    from backend.render.renderer import render
 
     v, f = icosphere(3)
     v = v.float().cuda().requires_grad_()

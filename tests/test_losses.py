@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend import losses
-from backend.mesh_ops import edge_adjacency, edges, laplacian
+from backend.fit import losses
+from backend.fit.mesh_ops import edge_adjacency, edges, laplacian
 
 # Two triangles sharing the edge (0, 1), both counter-clockwise seen from +z when flat.
 HINGE_FACES = np.array([[0, 1, 2], [1, 0, 3]])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from backend import mesh_ops
+from backend.fit import mesh_ops
 
 CUBE_V = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], dtype=float)
 # Quads, counter-clockwise from outside.

@@ -1,4 +1,4 @@
-"""The wire format (backend/protocol.py): round trips, limits, and hostile input."""
+"""The wire format (backend/core/protocol.py): round trips, limits, and hostile input."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from backend import protocol
-from backend.protocol import (
+from backend.core import protocol
+from backend.core.protocol import (
     ALLOWED_DTYPES,
     MAGIC,
     PREFIX_SIZE,

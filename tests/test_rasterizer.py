@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import icosphere, make_cameras
 
-from backend.camera import blender_camera, look_at
-from backend.renderer import (
+from backend.core.camera import blender_camera, look_at
+from backend.render.renderer import (
     Cameras,
     Lighting,
     RenderSettings,

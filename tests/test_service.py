@@ -1,4 +1,4 @@
-"""The backend service (backend/service.py, backend/__main__.py).
+"""The backend service (backend/process/service.py, backend/__main__.py).
 
 The transport tests run `Service` in-process on real pipes with a stand-in fitting
 module whose timing they control; the start-up tests run ``python -m backend serve``
@@ -22,8 +22,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from backend.protocol import MAGIC, PROTOCOL_VERSION, encode_frame, read_frame, write_frame
-from backend.service import EXIT_OK, EXIT_PROTOCOL_ERROR, Outbox, Service
+from backend.core.protocol import MAGIC, PROTOCOL_VERSION, encode_frame, read_frame, write_frame
+from backend.process.service import EXIT_OK, EXIT_PROTOCOL_ERROR, Outbox, Service
 
 REPO = Path(__file__).resolve().parent.parent
 CAMERA = {"intrinsics": [[40.0, 0.0, 16.0], [0.0, 40.0, 16.0], [0.0, 0.0, 1.0]],
@@ -31,7 +31,7 @@ CAMERA = {"intrinsics": [[40.0, 0.0, 16.0], [0.0, 40.0, 16.0], [0.0, 0.0, 1.0]],
           "orthographic": False}
 
 
-# -- a stand-in for backend.fitting with controllable timing ---------------------------
+# -- a stand-in for backend.fit.fitting with controllable timing ---------------------------
 
 class FakeFitError(ValueError):
     pass

@@ -5,11 +5,10 @@ import pytest
 import torch
 from fit_scenes import box, cameras, render_images
 
-from backend.camera import blender_camera, look_at
-from backend.losses import hard_iou
-from backend.mesh_ops import check_mesh, signed_volume
-from backend.renderer import Cameras, RenderSettings, render_silhouette
-from backend.visual_hull import (
+from backend.core.camera import blender_camera, look_at
+from backend.fit.losses import hard_iou
+from backend.fit.mesh_ops import check_mesh, signed_volume
+from backend.fit.visual_hull import (
     Silhouettes,
     bbox_sphere,
     hull_field,
@@ -18,6 +17,7 @@ from backend.visual_hull import (
     sphere_subdivisions_for,
     visual_hull,
 )
+from backend.render.renderer import Cameras, RenderSettings, render_silhouette
 
 HALF = np.array([0.8, 0.5, 0.4])
 CENTER = np.array([0.3, 0.1, 0.0])

@@ -5,7 +5,7 @@
 numpy in, numpy out; no bpy. The optimiser moves every vertex (offsets from the
 initial mesh) plus a global translation and scale with Adam, minimising
 ``1 - soft IoU`` of the silhouettes (and an L1 colour term when fitting colours)
-plus geometric regularisers (`backend.losses`). It runs coarse to fine: the first
+plus geometric regularisers (`backend.fit.losses`). It runs coarse to fine: the first
 iterations render downsampled images (intrinsics scaled, targets area-averaged)
 with soft edges, later ones full-resolution images with sharp edges, and the mesh
 can be subdivided partway so detail can appear.
@@ -26,8 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..core.camera import CameraMatrices
+from ..core.options import DEVICES, FitError, FitOptions  # noqa: F401 (part of this API)
+from ..render.renderer import (
+    Cameras,
+    Lighting,
+    RenderSettings,
+    project_points,
+    render,
+    render_silhouette,
+)
 from . import losses
-from .camera import CameraMatrices
 from .mesh_ops import (
     EdgeAdjacency,
     as_triangles,
@@ -37,8 +46,6 @@ from .mesh_ops import (
     repair_mesh,
     subdivide,
 )
-from .options import DEVICES, FitError, FitOptions  # noqa: F401 (part of this API)
-from .renderer import Cameras, Lighting, RenderSettings, project_points, render, render_silhouette
 from .visual_hull import (
     Silhouettes,
     bbox_sphere,
@@ -154,7 +161,7 @@ def _prepare_views(views: list[View]) -> _Prepared:
     names, seen, messages = [], set(), []
     for i, view in enumerate(views):
         if not isinstance(view, View):
-            raise FitError(f"view {i} is a {type(view).__name__}, not a backend.fitting.View")
+            raise FitError(f"view {i} is a {type(view).__name__}, not a backend.fit.fitting.View")
         name = view.name or f"view {i}"
         while name in seen:
             name = f"{name} ({i})"

@@ -1,6 +1,6 @@
 """Soft rasterization on an NVIDIA GPU: kernels/soft_raster.cu through CuPy.
 
-The coarse pass (which faces may touch which 16 px tile, `backend.binning`) runs
+The coarse pass (which faces may touch which 16 px tile, `backend.render.binning`) runs
 as a few torch ops; the fine pass (per pixel, over its tile's faces) and its
 analytic backward are the CUDA kernels, wrapped in a torch.autograd.Function.
 Tensors go between torch and CuPy through DLPack (no copies) and the kernels run
@@ -140,7 +140,7 @@ class SoftRasterizeCuda(torch.autograd.Function):
 
 def rasterize_cuda(face_screen, face_colors, face_valid, orthographic, width, height, settings,
                    binned=True):
-    """Same contract as `backend.raster_cpu.rasterize_cpu`; tensors on a CUDA device.
+    """Same contract as `backend.render.raster_cpu.rasterize_cpu`; tensors on a CUDA device.
 
     binned: True visits per pixel only its tile's faces; False visits every face
     (the naive baseline of the original SoftRas kernel).

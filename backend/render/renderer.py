@@ -4,8 +4,8 @@
 
 Everything up to screen space (validation, lighting, projection, face culling) is
 plain torch here and shared by both implementations; the soft rasterization
-itself runs either on the CPU (`backend.raster_cpu`, pure torch with autograd) or
-on an NVIDIA GPU (`backend.raster_cuda`, CUDA kernels with analytic backward).
+itself runs either on the CPU (`backend.render.raster_cpu`, pure torch with autograd) or
+on an NVIDIA GPU (`backend.render.raster_cuda`, CUDA kernels with analytic backward).
 Both give the same numbers.
 
 Units: pixel coordinates throughout. ``sigma`` is in squared pixels, so the same
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .camera import CameraMatrices
+from ..core.camera import CameraMatrices
 
 BACKENDS = ("auto", "cpu", "cuda", "cuda-naive")
 
@@ -107,7 +107,7 @@ class Cameras:
     def from_matrices(
         cams: Sequence[CameraMatrices], dtype=torch.float32, device="cpu"
     ) -> Cameras:
-        """Batch `CameraMatrices` of one image size (see `backend.camera`)."""
+        """Batch `CameraMatrices` of one image size (see `backend.core.camera`)."""
         if not cams:
             raise ValueError("no cameras given")
         sizes = {(c.width, c.height) for c in cams}

@@ -1,11 +1,11 @@
 """The backend's service loop: fit requests in, progress and meshes out, over two pipes.
 
 ``python -m backend serve`` runs `Service` on stdin/stdout (see backend/__main__.py);
-the frames are those of `backend.protocol` and docs/protocol.md lists the messages.
+the frames are those of `backend.core.protocol` and docs/protocol.md lists the messages.
 
 Threads:
 - the main thread reads frames (start_fit, cancel, shutdown) and never blocks on a fit;
-- a worker thread runs one `backend.fitting.fit` at a time; cancel sets the event its
+- a worker thread runs one `backend.fit.fitting.fit` at a time; cancel sets the event its
   ``should_stop`` polls, so the same process can start another fit afterwards;
 - a writer thread sends what the `Outbox` holds: control messages (hello, done, error)
   in order, plus one-slot mailboxes for the newest progress and the newest vertices.
@@ -28,9 +28,9 @@ from typing import BinaryIO
 
 import numpy as np
 
-from . import __version__
-from .camera import CameraMatrices
-from .protocol import (
+from .. import __version__
+from ..core.camera import CameraMatrices
+from ..core.protocol import (
     PROTOCOL_VERSION,
     MessageError,
     ProtocolError,
@@ -39,7 +39,7 @@ from .protocol import (
     write_chunks,
 )
 
-log = logging.getLogger("backend.service")
+log = logging.getLogger("backend.process.service")
 
 EXIT_OK = 0
 EXIT_PROTOCOL_ERROR = 2
@@ -143,7 +143,7 @@ class Service:
 
     reader, writer: blocking binary streams (the process' stdin and stdout).
     fitting: the module with ``fit``, ``View``, ``FitOptions``, ``FitError`` and
-        ``resolve_device`` (default `backend.fitting`, imported by `run`); tests of the
+        ``resolve_device`` (default `backend.fit.fitting`, imported by `run`); tests of the
         transport may pass a stand-in.
     heartbeat_interval: seconds of silence after which a heartbeat is sent.
     max_vertex_rate: vertices messages per second at most.
@@ -193,7 +193,7 @@ class Service:
     def _serve(self) -> int:
         try:
             if self._fitting is None:
-                self._fitting = import_module("backend.fitting")
+                self._fitting = import_module("backend.fit.fitting")
             hello = backend_info(self._fitting)
         except Exception as exc:  # an installed but broken torch/CuPy, a bad CUDA driver...
             log.exception("backend start-up failed")
@@ -367,7 +367,7 @@ def warm_up(device: str) -> None:
         import torch._dynamo  # noqa: F401
 
         if device == "cuda":
-            from .raster_cuda import load_kernels
+            from ..render.raster_cuda import load_kernels
 
             load_kernels()
     except Exception:
@@ -403,7 +403,7 @@ def backend_info(fitting) -> dict:
 
 
 def progress_message(fit_id, p) -> dict:
-    """A `backend.fitting.Progress` as a progress message (its vertices go separately)."""
+    """A `backend.fit.fitting.Progress` as a progress message (its vertices go separately)."""
     return {
         "type": "progress", "fit_id": fit_id, "iteration": int(p.iteration),
         "iterations": int(p.iterations),
@@ -414,7 +414,7 @@ def progress_message(fit_id, p) -> dict:
 
 
 def done_message(fit_id, r) -> dict:
-    """A `backend.fitting.FitResult` as a done message."""
+    """A `backend.fit.fitting.FitResult` as a done message."""
     return {
         "type": "done", "fit_id": fit_id, "status": r.status, "message": r.message,
         "vertices": np.asarray(r.vertices, dtype=np.float32),

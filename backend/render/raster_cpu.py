@@ -1,7 +1,7 @@
 """Soft rasterization on the CPU in pure torch; gradients come from autograd.
 
 Instead of looping over faces per pixel, it lists every (face, pixel) pair whose
-pixel lies in the face's cutoff-expanded box (`backend.binning`), evaluates the
+pixel lies in the face's cutoff-expanded box (`backend.render.binning`), evaluates the
 SoftRas formulas on all pairs at once, drops the pairs under the cutoff, and
 aggregates per pixel with index_add. Work is proportional to the pixels the faces
 actually cover, not pixels x faces. The formulas match kernels/soft_raster.cu.

@@ -40,7 +40,7 @@ class FitOptions:
     target silhouettes, with ``fit_colors``), ``laplacian_weight`` (Laplacian of the
     vertex offsets, so the initial shape's own detail is kept), ``flatten_weight``,
     ``edge_weight`` (edges near the initial mean length), ``normal_weight`` (normal
-    consistency); see `backend.losses`.
+    consistency); see `backend.fit.losses`.
 
     Initial mesh (when none is given): ``init`` "hull" carves the visual hull,
     "sphere" stretches an icosphere over the hull's bounding box; ``init_faces`` is

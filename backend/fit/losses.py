@@ -51,7 +51,7 @@ def color_l1_loss(pred_rgb: torch.Tensor, target_rgb: torch.Tensor,
 
 def laplacian_loss(vertices: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
     """Mean over vertices of ``|(L v)_i|^2``, the squared distance of each vertex from the
-    centroid of its neighbours (L: sparse (V, V) from `backend.mesh_ops.laplacian`).
+    centroid of its neighbours (L: sparse (V, V) from `backend.fit.mesh_ops.laplacian`).
 
     vertices: (V, C), positions or any per-vertex field (the fitter passes the offsets
     from the initial mesh, which smooths the deformation rather than the shape).

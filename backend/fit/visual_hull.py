@@ -6,7 +6,7 @@ silhouette's outline, converted to world units at the point's depth; the field i
 the maximum over views, so it is negative exactly where every silhouette covers
 the point. Marching cubes (skimage) turns it into a closed mesh with sub-voxel
 accuracy, and the grid resolution is chosen so the mesh lands near a target face
-count. Projection uses the renderer's camera model (`backend.renderer.project_points`).
+count. Projection uses the renderer's camera model (`backend.render.renderer.project_points`).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from scipy.ndimage import distance_transform_edt
 from skimage.measure import marching_cubes
 
-from .camera import CameraMatrices
+from ..core.camera import CameraMatrices
+from ..render.renderer import Cameras, project_points
 from .mesh_ops import face_components, icosphere, repair_mesh
-from .renderer import Cameras, project_points
 
 # Point depths below this (world units) count as behind a perspective camera.
 _MIN_DEPTH = 1e-6

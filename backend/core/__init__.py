@@ -1,0 +1,9 @@
+"""The backend's torch-free core: standard library and numpy only.
+
+Blender's own Python (the add-on) imports these modules, so nothing here may import
+torch, CuPy, scipy or bpy, nor any other backend sub-package:
+
+- `camera`: Blender's camera model as plain matrices.
+- `options`: `FitOptions` and its defaults, shared with the add-on's panel.
+- `protocol`: the wire format between the add-on and the backend process.
+"""
