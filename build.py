@@ -34,11 +34,16 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+from backend.core.requirements import (
+    REQUIREMENTS_FILE,
+    pyproject_requirements,
+    requirements_text,
+)
+
 ROOT = Path(__file__).resolve().parent
 ADDON = ROOT / "softras_blender"
 BUNDLED = ("backend", "kernels")  # repository folders copied into the add-on
 MANIFEST = ROOT / "blender_manifest.toml"  # copied to the add-on folder's top
-REQUIREMENTS_FILE = "backend_requirements.txt"  # = environment.REQUIREMENTS_FILE
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*", "tests")
 
 
@@ -62,11 +67,6 @@ def read_versions() -> tuple[str, str]:
     return manifest["version"], pyproject["project"]["version"]
 
 
-def backend_requirements() -> list[str]:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    return list(pyproject["project"]["optional-dependencies"]["backend"])
-
-
 def stage(target: Path) -> Path:
     """Copy the add-on with backend/ and kernels/ inside into ``target``/softras_blender."""
     out = target / ADDON.name
@@ -81,10 +81,8 @@ def stage(target: Path) -> Path:
             shutil.copy2(item, out / item.name)
     for name in BUNDLED:
         shutil.copytree(ROOT / name, out / name, ignore=IGNORE)
-    requirements = "\n".join(backend_requirements())
     (out / REQUIREMENTS_FILE).write_text(
-        "# The backend's packages: the 'backend' extra of pyproject.toml (written by build.py)\n"
-        + requirements + "\n", encoding="utf-8")
+        requirements_text(pyproject_requirements(ROOT / "pyproject.toml")), encoding="utf-8")
     return out
 
 

@@ -4,6 +4,7 @@ The heavy modules (torch, CuPy) load on first use, so the torch-free parts
 (`backend.core.camera`, `backend.core.protocol`) can be imported from Blender's own Python.
 
     from backend import render, RenderSettings, Cameras
+    from backend import FitOptions, View  # and `from backend.fit.fitting import fit`
 """
 
 from importlib import import_module
@@ -16,6 +17,11 @@ _LAZY = {
     "RenderSettings": "backend.render.renderer",
     "Lighting": "backend.render.renderer",
     "Cameras": "backend.render.renderer",
+    "FitOptions": "backend.core.options",
+    "FitError": "backend.core.options",
+    "View": "backend.fit.fitting",
+    "FitResult": "backend.fit.fitting",
+    "Progress": "backend.fit.fitting",
 }
 
 

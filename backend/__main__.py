@@ -19,8 +19,11 @@ import os
 import sys
 from pathlib import Path
 
+from .core import threads
+from .core.requirements import backend_requirements, requirement_for
+from .process.exit_codes import EXIT_STARTUP_ERROR
+
 MIN_PYTHON = (3, 11)
-EXIT_STARTUP_ERROR = 3
 # Import name -> pip distribution of what the backend imports at start-up.
 REQUIRED_MODULES = {"numpy": "numpy", "torch": "torch", "skimage": "scikit-image",
                     "scipy": "scipy"}
@@ -39,12 +42,23 @@ def main(argv=None) -> int:
                        help="vertices messages per second at most")
     serve.add_argument("--log-level", default="INFO",
                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--threads", type=int, default=0,
+                       help="CPU threads for torch (0 = automatic: all physical cores, or "
+                            "OMP_NUM_THREADS when set); see backend/core/threads.py")
     args = parser.parse_args(argv)
     if args.heartbeat <= 0 or args.max_vertex_rate <= 0:
         parser.error("--heartbeat and --max-vertex-rate must be positive")
+    try:
+        # Before anything imports torch: its OpenMP runtime reads these settings once.
+        thread_settings = threads.apply(args.threads)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     logging.basicConfig(stream=sys.stderr, level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("backend").info(
+        "CPU threads: %d (%s), wait policy %s", thread_settings.count, thread_settings.origin,
+        thread_settings.wait_policy)
     problem = dependency_problem()
     if problem and "numpy" in problem[1]:
         # Without numpy there is no protocol module, so stderr is the only channel.
@@ -52,13 +66,14 @@ def main(argv=None) -> int:
         return EXIT_STARTUP_ERROR
 
     reader, writer = _protocol_streams()
+    from .core import messages
     from .core.protocol import write_frame
-    from .process.service import Service, error_message
+    from .process.service import Service
 
     if problem:
         sys.stderr.write(problem[0] + "\n")
-        write_frame(writer, error_message(None, problem[0], kind="missing_dependency",
-                                          fatal=True))
+        write_frame(writer, messages.error(None, problem[0], kind="missing_dependency",
+                                           fatal=True))
         return EXIT_STARTUP_ERROR
     service = Service(reader, writer, heartbeat_interval=args.heartbeat,
                       max_vertex_rate=args.max_vertex_rate)
@@ -95,29 +110,13 @@ def dependency_problem():
 
 
 def _requirement(distribution: str) -> str:
-    """The pinned requirement for a distribution: from backend_requirements.txt beside
-    backend/ (the built add-on) or pyproject.toml's "backend" extra (a source checkout),
-    else the bare name."""
-    root = Path(__file__).resolve().parent.parent
-    requirements = []
+    """The pinned requirement for a distribution (see `backend.core.requirements`), else
+    the bare name."""
     try:
-        text = (root / "backend_requirements.txt").read_text(encoding="utf-8")
-        requirements = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    except OSError:
-        try:
-            import tomllib
-
-            data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
-            requirements = data["project"]["optional-dependencies"]["backend"]
-        except (ImportError, OSError, KeyError, ValueError):
-            pass
-    for requirement in requirements:
-        name = requirement.split(";")[0]
-        for stop in "<>=!~[ ":
-            name = name.split(stop)[0]
-        if name.strip().lower() == distribution.lower():
-            return requirement
-    return distribution
+        requirements = backend_requirements(Path(__file__).resolve().parent.parent)
+    except (ImportError, OSError, ValueError):
+        requirements = []
+    return requirement_for(distribution, requirements)
 
 
 def _protocol_streams():

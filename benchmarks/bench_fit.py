@@ -31,12 +31,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 # Run as a script, Python puts benchmarks/ first on sys.path; import from the repo root.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(REPO_ROOT)
+
+from backend.core import threads  # noqa: E402
+
+threads.apply()  # before torch loads its OpenMP runtime (backend/core/threads.py)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from backend.core.camera import blender_camera, orbit_cameras  # noqa: E402
 from backend.fit.fitting import FitOptions, View, auto_init_faces, fit  # noqa: E402

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backend.core import protocol  # noqa: E402
+from backend.core.messages import View  # noqa: E402
 from softras_blender import client as client_module  # noqa: E402
 
 WRITER = """
@@ -109,8 +110,7 @@ def fit_scene(size: int, count: int):
     for i, (cam, a) in enumerate(zip(cams, alpha, strict=True)):
         image = np.ones((size, size, 4), np.float32)
         image[..., 3] = a
-        views.append({"name": f"cam{i}", "camera": cam.to_dict(), "image": image,
-                      "held_out": False})
+        views.append(View(cam, image, f"cam{i}"))
     return views
 
 

@@ -26,6 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from backend.core import threads  # noqa: E402
+
+threads.apply()  # before torch loads its OpenMP runtime; the per-case processes inherit it
+
 # (views, width, height, (rings, segments) of the UV sphere -> 2 * segments * (rings - 1) faces)
 CASES = {
     "1x64x64x1.3k": (1, 64, 64, (21, 32)),

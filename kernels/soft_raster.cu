@@ -1,15 +1,9 @@
 // Soft Rasterizer (Liu, Li, Chen, Li, ICCV 2019): the per-pixel ("fine") pass.
 //
-// Compiled at run time by CuPy (NVRTC) from backend/raster_cuda.py; no headers.
+// Compiled at run time by CuPy (NVRTC) from backend/render/raster_cuda.py; no headers.
 // One thread per pixel; each pixel visits only the faces listed for its tile
-// (lists built by backend/binning.py; the naive mode lists every face in one tile).
-//
-// Inputs, for B cameras, F faces, images H x W (row 0 at the top):
-//   face_screen  (B, F, 3, 3)  per corner: pixel u, pixel v, view depth z (> 0)
-//   face_colors  (B, F, 3, 3)  per corner RGB (unused when channels == 1)
-//   orthographic (B,)          1 for orthographic cameras (linear interpolation)
-//   tile_offsets (B * tiles + 1), tile_faces (L): the faces of tile t of camera b
-//                              are tile_faces[tile_offsets[b*tiles+t] .. +1)
+// (lists built by backend/render/binning.py; the naive mode lists every face in one tile).
+// Both kernels take one argument, a SoftRasParams<T> (below) passed by value.
 //
 // For pixel centre p and face j (d = distance from p to the face's edges):
 //   x_j = +d^2/sigma inside, -d^2/sigma outside;  D_j = sigmoid(x_j)
@@ -32,6 +26,31 @@
 
 // 64-bit offsets into (B, F, ...) and (B, H, W, ...) arrays (NVRTC has no <cstddef>).
 typedef long long index_t;
+
+// The kernels' whole interface, for B cameras, F faces and images H x W (row 0 at
+// the top); every array is contiguous. Mirrored field for field by PARAMS_FIELDS in
+// backend/render/raster_cuda.py; tests/test_kernels.py checks that the layouts agree.
+template <typename T>
+struct SoftRasParams {
+    // Inputs.
+    const T* face_screen;               // (B, F, 3, 3) per corner: pixel u, pixel v, depth z > 0
+    const T* face_colors;               // (B, F, 3, 3) per corner RGB; unused if channels == 1
+    const unsigned char* orthographic;  // (B,) 1 for orthographic cameras (linear interpolation)
+    const int* tile_offsets;            // (B * tiles + 1,) and (L,): the faces of tile t of
+    const int* tile_faces;              //   camera b are tile_faces[tile_offsets[b*tiles+t] .. +1)
+    // Written by the forward pass, read by the backward pass.
+    T* rgba;                            // (B, H, W, channels)
+    T* aux;                             // (B, H, W, 2) softmax maximum M and normaliser Z
+    // Backward pass only (null in the forward pass).
+    const T* grad_rgba;                 // (B, H, W, channels) incoming gradient
+    T* grad_screen;                     // (B, F, 3, 3) zero-initialised, accumulated into
+    T* grad_colors;                     // (B, F, 3, 3) likewise
+    T sigma, d2_cutoff, gamma, eps, z_near, z_far;
+    T background[3];                    // RGB
+    int face_count, height, width;      // F, H, W
+    int tile, tiles_x, tiles;           // tile edge in pixels, tiles per row, tiles per camera
+    int channels;                       // 4 (RGBA) or 1 (alpha only)
+};
 
 // Edge function E(a, b, p): twice the signed area of triangle (a, b, p).
 template <typename T>
@@ -146,50 +165,43 @@ struct ThreadPixel {
 
 // Fills *p for this thread; false for a thread past the image's edge.
 template <typename T>
-__device__ __forceinline__ bool locate_pixel(int H, int W, int tile, int tiles_x, int tiles,
-                                             ThreadPixel<T>* p) {
+__device__ __forceinline__ bool locate_pixel(const SoftRasParams<T>& params, ThreadPixel<T>* p) {
     p->x = blockIdx.x * blockDim.x + threadIdx.x;
     p->y = blockIdx.y * blockDim.y + threadIdx.y;
     p->camera = blockIdx.z;
-    if (p->x >= W || p->y >= H) return false;
+    if (p->x >= params.width || p->y >= params.height) return false;
     p->cx = T(p->x) + T(0.5);
     p->cy = T(p->y) + T(0.5);
-    p->index = (index_t(p->camera) * H + p->y) * W + p->x;
-    p->list = p->camera * tiles + (p->y / tile) * tiles_x + p->x / tile;
+    p->index = (index_t(p->camera) * params.height + p->y) * params.width + p->x;
+    p->list = p->camera * params.tiles + (p->y / params.tile) * params.tiles_x + p->x / params.tile;
     return true;
 }
 
-// Forward pass. rgba: (B, H, W, channels) with channels 4 (RGBA) or 1 (alpha only);
-// aux: (B, H, W, 2) softmax maximum M and normaliser Z, kept for the backward pass.
+// Forward pass: writes rgba and aux.
 template <typename T>
-__device__ void soft_raster_forward_impl(
-    const T* face_screen, const T* face_colors, const unsigned char* orthographic,
-    const int* tile_offsets, const int* tile_faces, T* rgba, T* aux,
-    int F, int H, int W, int tile, int tiles_x, int tiles, int channels,
-    T sigma, T d2_cutoff, T gamma, T eps, T z_near, T z_far, T bg_r, T bg_g, T bg_b) {
+__device__ __forceinline__ void soft_raster_forward_impl(const SoftRasParams<T>& params) {
     ThreadPixel<T> p;
-    if (!locate_pixel(H, W, tile, tiles_x, tiles, &p)) return;
-    const bool with_color = channels == 4;
-    const bool ortho = orthographic[p.camera] != 0;
-    const T eps_score = eps / gamma;
+    if (!locate_pixel(params, &p)) return;
+    const bool with_color = params.channels == 4;
+    const bool ortho = params.orthographic[p.camera] != 0;
+    const T gamma = params.gamma, z_near = params.z_near, z_far = params.z_far;
 
     T log_transparency = T(0);
-    T peak = eps_score, total = T(1);  // the background's weight is e^(eps/gamma - M)
-    T numerator[3] = {bg_r, bg_g, bg_b};
+    T peak = params.eps / gamma, total = T(1);  // the background's weight is e^(eps/gamma - M)
+    T numerator[3] = {params.background[0], params.background[1], params.background[2]};
 
-    for (int i = tile_offsets[p.list]; i < tile_offsets[p.list + 1]; ++i) {
-        const int f = tile_faces[i];
-        const index_t face = index_t(p.camera) * F + f;
+    for (int i = params.tile_offsets[p.list]; i < params.tile_offsets[p.list + 1]; ++i) {
+        const index_t face = index_t(p.camera) * params.face_count + params.tile_faces[i];
         FaceSample<T> s;
-        if (!sample_face(face_screen + 9 * face, p.cx, p.cy, d2_cutoff, &s)) continue;
-        const T x = (s.inside ? s.d2 : -s.d2) / sigma;
+        if (!sample_face(params.face_screen + 9 * face, p.cx, p.cy, params.d2_cutoff, &s)) continue;
+        const T x = (s.inside ? s.d2 : -s.d2) / params.sigma;
         log_transparency += log_one_minus_sigmoid(x);
         if (!with_color) continue;
 
         T b[3], beta[3], depth;
         interpolate(s, ortho, b, beta, &depth);
         const T score = (z_far - depth) / (z_far - z_near) / gamma;
-        const T* c = face_colors + 9 * face;
+        const T* c = params.face_colors + 9 * face;
         if (score > peak) {
             const T scale = exp(peak - score);
             total *= scale;
@@ -204,28 +216,27 @@ __device__ void soft_raster_forward_impl(
 
     const T alpha = -expm1(log_transparency);
     if (!with_color) {
-        rgba[p.index] = alpha;
+        params.rgba[p.index] = alpha;
         return;
     }
-    for (int ch = 0; ch < 3; ++ch) rgba[4 * p.index + ch] = numerator[ch] / total;
-    rgba[4 * p.index + 3] = alpha;
-    aux[2 * p.index + 0] = peak;
-    aux[2 * p.index + 1] = total;
+    for (int ch = 0; ch < 3; ++ch) params.rgba[4 * p.index + ch] = numerator[ch] / total;
+    params.rgba[4 * p.index + 3] = alpha;
+    params.aux[2 * p.index + 0] = peak;
+    params.aux[2 * p.index + 1] = total;
 }
 
-// Backward pass: accumulates into grad_screen and grad_colors (both (B, F, 3, 3),
-// zero-initialised) the gradients of sum(grad_rgba * rgba).
+// Backward pass: accumulates into grad_screen and grad_colors the gradients of
+// sum(grad_rgba * rgba), reading the forward pass's rgba and aux.
 template <typename T>
-__device__ void soft_raster_backward_impl(
-    const T* face_screen, const T* face_colors, const unsigned char* orthographic,
-    const int* tile_offsets, const int* tile_faces, const T* rgba, const T* aux,
-    const T* grad_rgba, T* grad_screen, T* grad_colors,
-    int F, int H, int W, int tile, int tiles_x, int tiles, int channels,
-    T sigma, T d2_cutoff, T gamma, T eps, T z_near, T z_far) {
+__device__ __forceinline__ void soft_raster_backward_impl(const SoftRasParams<T>& params) {
     ThreadPixel<T> p;
-    if (!locate_pixel(H, W, tile, tiles_x, tiles, &p)) return;
+    if (!locate_pixel(params, &p)) return;
+    const int channels = params.channels;
     const bool with_color = channels == 4;
-    const bool ortho = orthographic[p.camera] != 0;
+    const bool ortho = params.orthographic[p.camera] != 0;
+    const T sigma = params.sigma, gamma = params.gamma;
+    const T z_near = params.z_near, z_far = params.z_far;
+    const T *rgba = params.rgba, *aux = params.aux, *grad_rgba = params.grad_rgba;
 
     const T alpha = rgba[channels * p.index + channels - 1];
     const T grad_alpha = grad_rgba[channels * p.index + channels - 1];
@@ -243,11 +254,10 @@ __device__ void soft_raster_backward_impl(
         (grad_color[0] != T(0) || grad_color[1] != T(0) || grad_color[2] != T(0));
     if (grad_alpha == T(0) && !any_color_grad) return;
 
-    for (int i = tile_offsets[p.list]; i < tile_offsets[p.list + 1]; ++i) {
-        const int f = tile_faces[i];
-        const index_t face = index_t(p.camera) * F + f;
+    for (int i = params.tile_offsets[p.list]; i < params.tile_offsets[p.list + 1]; ++i) {
+        const index_t face = index_t(p.camera) * params.face_count + params.tile_faces[i];
         FaceSample<T> s;
-        if (!sample_face(face_screen + 9 * face, p.cx, p.cy, d2_cutoff, &s)) continue;
+        if (!sample_face(params.face_screen + 9 * face, p.cx, p.cy, params.d2_cutoff, &s)) continue;
         const T x = (s.inside ? s.d2 : -s.d2) / sigma;
         const T prob = sigmoid(x);
         T grad_x = grad_alpha * (T(1) - alpha) * prob;  // d alpha / d x_j = (1 - alpha) D_j
@@ -257,7 +267,7 @@ __device__ void soft_raster_backward_impl(
             T b[3], beta[3], depth;
             const T inv_depth = interpolate(s, ortho, b, beta, &depth);
             const T score = (z_far - depth) / (z_far - z_near) / gamma;
-            const T* c = face_colors + 9 * face;
+            const T* c = params.face_colors + 9 * face;
             T face_color[3], along = T(0);
             for (int ch = 0; ch < 3; ++ch) {
                 face_color[ch] = beta[0] * c[ch] + beta[1] * c[3 + ch] + beta[2] * c[6 + ch];
@@ -274,7 +284,7 @@ __device__ void soft_raster_backward_impl(
                 grad_beta[k] = T(0);
                 for (int ch = 0; ch < 3; ++ch) {
                     const T g = weight * grad_color[ch];
-                    atomicAdd(grad_colors + 9 * face + 3 * k + ch, beta[k] * g);
+                    atomicAdd(params.grad_colors + 9 * face + 3 * k + ch, beta[k] * g);
                     grad_beta[k] += g * c[3 * k + ch];
                 }
             }
@@ -324,7 +334,8 @@ __device__ void soft_raster_backward_impl(
         }
 
         // Through x = +-d^2 / sigma to the closest edge's end points:
-        // d^2 = |p - q|^2, q = a + t (b - a)  =>  dd^2/da = -2 (p - q)(1 - t), dd^2/db = -2 (p - q) t.
+        // d^2 = |p - q|^2, q = a + t (b - a)  =>  dd^2/da = -2 (p - q)(1 - t),
+        // dd^2/db = -2 (p - q) t.
         const T grad_d2 = (s.inside ? grad_x : -grad_x) / sigma;
         const int a = s.closest_edge, e = (s.closest_edge + 1) % 3;
         const T t = s.closest_t;
@@ -338,43 +349,23 @@ __device__ void soft_raster_backward_impl(
         for (int k = 0; k < 3; ++k)
             for (int j = 0; j < 3; ++j)
                 if (grad_corner[k][j] != T(0))
-                    atomicAdd(grad_screen + 9 * face + 3 * k + j, grad_corner[k][j]);
+                    atomicAdd(params.grad_screen + 9 * face + 3 * k + j, grad_corner[k][j]);
     }
 }
 
 // Entry points, one per scalar type (C linkage keeps the names plain for CuPy).
-#define SOFTRAS_FORWARD_ARGS(T)                                                              \
-    const T *face_screen, const T *face_colors, const unsigned char *orthographic,            \
-        const int *tile_offsets, const int *tile_faces, T *rgba, T *aux, int F, int H, int W, \
-        int tile, int tiles_x, int tiles, int channels, T sigma, T d2_cutoff, T gamma, T eps,  \
-        T z_near, T z_far, T bg_r, T bg_g, T bg_b
-#define SOFTRAS_BACKWARD_ARGS(T)                                                              \
-    const T *face_screen, const T *face_colors, const unsigned char *orthographic,            \
-        const int *tile_offsets, const int *tile_faces, const T *rgba, const T *aux,           \
-        const T *grad_rgba, T *grad_screen, T *grad_colors, int F, int H, int W, int tile,      \
-        int tiles_x, int tiles, int channels, T sigma, T d2_cutoff, T gamma, T eps, T z_near,     \
-        T z_far
-
-#define SOFTRAS_FORWARD_NAMES                                                              \
-    face_screen, face_colors, orthographic, tile_offsets, tile_faces, rgba, aux, F, H, W, tile, \
-        tiles_x, tiles, channels, sigma, d2_cutoff, gamma, eps, z_near, z_far, bg_r, bg_g, bg_b
-#define SOFTRAS_BACKWARD_NAMES                                                             \
-    face_screen, face_colors, orthographic, tile_offsets, tile_faces, rgba, aux, grad_rgba,   \
-        grad_screen, grad_colors, F, H, W, tile, tiles_x, tiles, channels, sigma, d2_cutoff,   \
-        gamma, eps, z_near, z_far
-
-SOFTRAS_GLOBAL void soft_raster_forward_f32(SOFTRAS_FORWARD_ARGS(float)) {
-    soft_raster_forward_impl<float>(SOFTRAS_FORWARD_NAMES);
+SOFTRAS_GLOBAL void soft_raster_forward_f32(const SoftRasParams<float> params) {
+    soft_raster_forward_impl(params);
 }
 
-SOFTRAS_GLOBAL void soft_raster_forward_f64(SOFTRAS_FORWARD_ARGS(double)) {
-    soft_raster_forward_impl<double>(SOFTRAS_FORWARD_NAMES);
+SOFTRAS_GLOBAL void soft_raster_forward_f64(const SoftRasParams<double> params) {
+    soft_raster_forward_impl(params);
 }
 
-SOFTRAS_GLOBAL void soft_raster_backward_f32(SOFTRAS_BACKWARD_ARGS(float)) {
-    soft_raster_backward_impl<float>(SOFTRAS_BACKWARD_NAMES);
+SOFTRAS_GLOBAL void soft_raster_backward_f32(const SoftRasParams<float> params) {
+    soft_raster_backward_impl(params);
 }
 
-SOFTRAS_GLOBAL void soft_raster_backward_f64(SOFTRAS_BACKWARD_ARGS(double)) {
-    soft_raster_backward_impl<double>(SOFTRAS_BACKWARD_NAMES);
+SOFTRAS_GLOBAL void soft_raster_backward_f64(const SoftRasParams<double> params) {
+    soft_raster_backward_impl(params);
 }

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 def _modules():
     """The modules with classes to register, in registration order."""
-    from . import operators, panels, preferences, properties
+    from . import camera_operators, operators, panels, preferences, properties
 
-    return (properties, preferences, operators, panels)
+    # camera_operators after panels: its panel is a child of the fit panel.
+    return (properties, preferences, operators, panels, camera_operators)
 
 
 def register():

@@ -3,8 +3,8 @@
 Standard library and numpy only (no bpy, no torch): Blender's Python runs this.
 
     client = BackendClient(default_backend_command(python))
-    hello = client.start()                   # versions, device, GPU name
-    client.start_fit(vertices, faces, views, options)
+    hello = client.start()                   # versions, device, GPU name, threads
+    client.start_fit(vertices, faces, views, options)   # views: [messages.View]
     # on a timer:
     for event in client.poll():              # progress / done / error dicts, never blocks
         ...
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 # backend/ is inside the add-on's folder (a symbolic link in a source checkout).
-from .backend.core import protocol
+from .backend.core import messages, protocol
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,22 @@ def backend_root() -> Path:
                        "reinstall it from a zip made by build.py")
 
 
-def default_backend_command(python: str | list[str]) -> list[str]:
-    """``[python, "-m", "backend", "serve"]``; ``python`` may also be an argv prefix
-    (``["ssh", "gpu-box", "python3"]``). `BackendClient` runs it in `backend_root()`
-    with that folder on PYTHONPATH, so ``-m backend`` finds this add-on's backend."""
+def default_backend_command(python: str | list[str], threads: int | None = None) -> list[str]:
+    """``[python, "-m", "backend", "serve"]``, plus ``--threads N`` when ``threads`` is
+    given (the backend's CPU threads, 0: its automatic choice); ``python`` may also be an
+    argv prefix (``["ssh", "gpu-box", "python3"]``). `BackendClient` runs it in
+    `backend_root()` with that folder on PYTHONPATH, so ``-m backend`` finds this
+    add-on's backend."""
     prefix = [python] if isinstance(python, str | os.PathLike) else list(python)
     if not prefix or not str(prefix[0]).strip():
         raise ValueError("no Python given for the backend: set it in the add-on's preferences")
-    return [str(p) for p in prefix] + ["-m", "backend", "serve"]
+    command = [str(p) for p in prefix] + ["-m", "backend", "serve"]
+    if threads is not None:
+        if threads < 0:
+            raise ValueError(f"the backend's CPU threads must be >= 0 (0: automatic), "
+                             f"got {threads}")
+        command += ["--threads", str(int(threads))]
+    return command
 
 
 class BackendClient:
@@ -167,7 +175,7 @@ class BackendClient:
         if process is None or self._stopping:
             return
         self._stopping = True
-        self._outgoing.put({"type": "shutdown"})
+        self._outgoing.put(messages.shutdown())
         self._outgoing.put(None)  # then close its stdin
         try:
             process.wait(timeout=timeout)
@@ -203,13 +211,12 @@ class BackendClient:
     # -- requests ------------------------------------------------------------------------
 
     def start_fit(self, vertices: np.ndarray | None, faces: np.ndarray | None,
-                  views: list[dict], options: dict | None = None) -> int:
+                  views: list[messages.View], options: dict | None = None) -> int:
         """Send a fit request; returns its fit id. Never blocks.
 
         vertices: (V, 3) float32 initial mesh, or None for the visual hull (faces None too).
-        faces: (F, 3) int32. views: [{"name", "camera": CameraMatrices.to_dict(),
-        "image": (H, W, 4) float32 RGBA (or uint8), "held_out": bool}].
-        options: `backend.fit.fitting.FitOptions` fields as a dict.
+        faces: (F, 3) int32. views: the cameras and their (H, W, 4) float32 RGBA (or
+        uint8) images. options: `backend.core.options.FitOptions` fields as a dict.
         The arrays are sent from memory as they are: do not modify them afterwards.
         Raises BackendError if a fit is running or the backend is gone, ValueError for
         data that cannot be sent.
@@ -219,10 +226,9 @@ class BackendClient:
             raise BackendError(f"fit {self.fit_id} is still running: cancel it and wait for "
                                "its done event first")
         fit_id = next(self._fit_ids)
-        message = {"type": "start_fit", "fit_id": fit_id, "vertices": vertices, "faces": faces,
-                   "views": list(views), "options": dict(options or {})}
         try:
-            chunks = protocol.frame_chunks(message)
+            chunks = protocol.frame_chunks(
+                messages.start_fit(fit_id, vertices, faces, views, options))
         except protocol.ProtocolError as exc:
             raise ValueError(f"cannot send this fit to the backend: {exc}") from exc
         with self._lock:
@@ -236,7 +242,7 @@ class BackendClient:
         """Ask the running fit to stop; its done event (status "cancelled", the last
         vertices) follows. No-op when idle."""
         if self.fit_id is not None and self._process is not None and not self._stopping:
-            self._outgoing.put({"type": "cancel", "fit_id": self.fit_id})
+            self._outgoing.put(messages.cancel(self.fit_id))
 
     # -- results -------------------------------------------------------------------------
 
@@ -262,7 +268,8 @@ class BackendClient:
     def latest_mesh(self) -> dict | None:
         """Like `latest_vertices` but the whole message: {"vertices", "faces",
         "iteration"}; faces is (F, 3) int32 only when the topology changed since the
-        last call (then rebuild the mesh), else None."""
+        last call (at first: differs from the faces sent; then rebuild the mesh), else
+        None."""
         with self._lock:
             mesh, self._vertices = self._vertices, None
         if mesh is None or mesh["fit_id"] != self.fit_id:
@@ -441,12 +448,8 @@ class BackendClient:
                     if kind == "progress":
                         self._progress = message
                         continue
-                    if kind == "vertices":
-                        old = self._vertices
-                        if (message["faces"] is None and old is not None
-                                and old["fit_id"] == message["fit_id"]):
-                            message["faces"] = old["faces"]  # keep an unread topology change
-                        self._vertices = message
+                    if kind == "vertices":  # keeps an unread topology change
+                        self._vertices = messages.newest_vertices(self._vertices, message)
                         continue
                 self._queue.put(("frame", message))
         except protocol.ProtocolError as exc:

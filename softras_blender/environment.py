@@ -14,8 +14,8 @@ lacks. Where the backend runs is the user's choice in the preferences:
   (``/opt/envs/softras/bin/python``, ``conda run -n softras python``).
 
 The packages come from the ``backend`` extra in pyproject.toml, the one place
-they are declared: build.py copies that list into the add-on's zip as
-`REQUIREMENTS_FILE`; a source checkout reads pyproject.toml directly.
+they are declared, read by `backend.core.requirements` (build.py copies the list into
+the add-on's zip; a source checkout reads pyproject.toml directly).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .backend.core.requirements import distribution_name
+
 BACKEND_MODES = ("AUTO", "BLENDER", "MANAGED", "CUSTOM")
-REQUIREMENTS_FILE = "backend_requirements.txt"
 VENV_FOLDER = "backend-venv"
 # PyTorch's CPU-only wheels (no CUDA libraries: a tenth of the download).
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -114,45 +115,12 @@ def cupy_package(cuda: tuple[int, int]) -> str:
     return CUPY_PACKAGES[cuda[0]]
 
 
-def parse_requirements(text: str) -> list[str]:
-    """Requirement lines of a requirements file (comments and blanks dropped)."""
-    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
-    return [line for line in lines if line]
-
-
-def read_requirements(addon_dir: str | os.PathLike) -> list[str]:
-    """The backend's packages: `REQUIREMENTS_FILE` in a built add-on, or the
-    ``backend`` extra of pyproject.toml beside a source checkout's add-on folder."""
-    addon_dir = Path(addon_dir)
-    shipped = addon_dir / REQUIREMENTS_FILE
-    if shipped.is_file():
-        return parse_requirements(shipped.read_text(encoding="utf-8"))
-    pyproject = addon_dir.parent / "pyproject.toml"
-    if pyproject.is_file():
-        return pyproject_requirements(pyproject)
-    raise ValueError(
-        f"the add-on at {addon_dir} lists no backend packages (no {REQUIREMENTS_FILE}): "
-        "reinstall it from a zip made by build.py"
-    )
-
-
-def pyproject_requirements(pyproject: str | os.PathLike, extra: str = "backend") -> list[str]:
-    """The requirements of one optional-dependency extra in a pyproject.toml."""
-    import tomllib
-
-    data = tomllib.loads(Path(pyproject).read_text(encoding="utf-8"))
-    extras = data.get("project", {}).get("optional-dependencies", {})
-    if extra not in extras:
-        raise ValueError(f"{pyproject} has no [project.optional-dependencies] {extra!r} list")
-    return list(extras[extra])
-
-
 def install_steps(base_python: str, venv_dir: str | os.PathLike, requirements: list[str],
                   cuda: tuple[int, int] | None) -> list[tuple[str, list[str]]]:
     """The commands that build the managed environment, as (label, argv) pairs.
 
     base_python: the interpreter that creates the venv (Blender's own Python);
-    requirements: the backend's packages (`read_requirements`); cuda: the
+    requirements: the backend's packages (`backend.core.requirements`); cuda: the
     detected CUDA version, or None for a CPU-only machine, which then gets
     PyTorch's CPU wheels and no CuPy.
     """
@@ -169,14 +137,11 @@ def install_steps(base_python: str, venv_dir: str | os.PathLike, requirements: l
         label = "Install PyTorch" + ("" if cuda else " (CPU build)")
         steps.append((label, pip + index + torch))
     if others:
-        steps.append(("Install " + ", ".join(_name(r) for r in others), pip + others))
+        steps.append(("Install " + ", ".join(distribution_name(r) for r in others),
+                      pip + others))
     if cuda:
         steps.append((f"Install CuPy for CUDA {cuda[0]}.{cuda[1]}", pip + [cupy_package(cuda)]))
     return steps
-
-
-def _name(requirement: str) -> str:
-    return re.split(r"[<>=!~\[; ]", requirement, maxsplit=1)[0]
 
 
 class StepRunner:

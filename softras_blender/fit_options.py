@@ -10,11 +10,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .backend.core.options import FitOptions
+from .backend.core.options import DEVICES, FitOptions
 
 DEFAULT_RESOLUTION = 256  # longest image side the fit works at, pixels
 DEFAULT_SHARPNESS = "MEDIUM"
-DEVICES = ("AUTO", "CPU", "CUDA")
+
+# The backend's devices (`backend.core.options.DEVICES`) as Blender enum items
+# (identifier, label, description); identifiers are the device names in upper case.
+DEVICE_LABELS = {
+    "auto": ("Auto", "The GPU (CUDA) when the backend finds one, else the CPU"),
+    "cpu": ("CPU", "Fit on the CPU (pure PyTorch)"),
+    "cuda": ("CUDA", "Fit on an NVIDIA GPU with the CUDA kernels; fails if there is none"),
+}
+DEVICE_ITEMS = tuple((device.upper(), *DEVICE_LABELS[device]) for device in DEVICES)
 
 # Panel starts without a mesh -> the backend's initial mesh ("init" option).
 START_SHAPES = {"HULL": "hull", "SPHERE": "sphere"}
@@ -52,12 +60,12 @@ def options_from_settings(settings: dict, device: str) -> dict:
 
     settings: {"iterations", "sharpness", "fit_colors", "smoothness", "start", "align_mesh"}
     as on ``scene.softras`` ("start" is its mesh_source; the resolution is applied to
-    the images before sending, see `fit_size`); device: "AUTO" | "CPU" | "CUDA". Raises
-    ValueError for values the backend would refuse.
+    the images before sending, see `fit_size`); device: one of `DEVICES` in any case
+    ("AUTO", "cpu", ...). Raises ValueError for values the backend would refuse.
     """
-    device = device.upper()
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device.lower() not in DEVICES:
+        raise ValueError(f"device must be one of {[item[0] for item in DEVICE_ITEMS]}, "
+                         f"got {device!r}")
     sharpness = settings["sharpness"]
     if sharpness not in SHARPNESS_PRESETS:
         raise ValueError(f"sharpness must be one of {sorted(SHARPNESS_PRESETS)}, "

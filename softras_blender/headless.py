@@ -7,8 +7,9 @@ Options (after ``--``): --scene, --object (omit to start from the visual hull),
 --cameras (a collection name, or comma-separated camera names; default: every camera
 with a reference image), --images DIR (one image per camera name; default: the
 cameras' background images), --iterations, --resolution, --sharpness, --smoothness,
---device, --fit-colors, --hold-out-every, --backend-python, --output OUT.blend,
---export-obj OUT.obj, --report report.json.
+--device, --threads (the backend's CPU threads, 0: automatic), --fit-colors,
+--hold-out-every, --backend-python, --output OUT.blend, --export-obj OUT.obj,
+--report report.json.
 
 The input .blend is never written: --output must name another file. Bad input exits
 with status 2 and a one-line reason on stderr, a failed fit with status 1.
@@ -17,9 +18,17 @@ with status 2 and a one-line reason on stderr, a failed fit with status 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
+
+# This script's add-on: the checkout's (or installed extension's) folder holding it.
+ADDON_PARENT = str(Path(__file__).resolve().parent.parent)
+if ADDON_PARENT not in sys.path:
+    sys.path.insert(0, ADDON_PARENT)
+
+from softras_blender.backend.core.options import DEVICES  # noqa: E402
 
 EXIT_FIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -50,7 +59,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, help="longest image side to fit at (0: full)")
     parser.add_argument("--sharpness", choices=("SOFT", "MEDIUM", "SHARP"))
     parser.add_argument("--smoothness", type=float)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    parser.add_argument("--device", choices=DEVICES, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="the backend's CPU threads (0: automatic; default: preferences)")
     parser.add_argument("--fit-colors", action="store_true")
     parser.add_argument("--hold-out-every", type=int, default=None,
                         help="hold out every n-th camera (measured, not fitted)")
@@ -69,18 +80,16 @@ def script_args(argv: list[str]) -> list[str]:
 
 
 def ensure_addon():
-    """The add-on's operators module, registering the add-on from this checkout if
-    Blender has not loaded it already (as an installed extension)."""
+    """The add-on's runtime module (`runtime`), registering the add-on from this checkout
+    if Blender has not loaded it already (as an installed extension)."""
     import bpy
 
     if not hasattr(bpy.types, "SOFTRAS_OT_fit"):
-        parent = str(Path(__file__).resolve().parent.parent)
-        if parent not in sys.path:
-            sys.path.insert(0, parent)
         import softras_blender
 
         softras_blender.register()
-    return sys.modules[bpy.types.SOFTRAS_OT_fit.__module__]
+    package = sys.modules[bpy.types.SOFTRAS_OT_fit.__module__].__package__
+    return importlib.import_module(package + ".runtime")
 
 
 def open_scene(args) -> Path | None:
@@ -176,23 +185,26 @@ def run(argv: list[str]) -> int:
     args = parse_args(script_args(argv))
     import bpy
 
+    if args.threads is not None and args.threads < 0:
+        raise BadInput(f"--threads {args.threads}: give 0 (automatic) or a positive count")
     scene_path = open_scene(args)
     check_outputs(args, scene_path)
-    operators = ensure_addon()
+    runtime = ensure_addon()
     scene = bpy.context.scene
     configure(args, scene)
     if args.object is not None:
         bpy.context.view_layer.objects.active = scene.objects[args.object]
     device = args.device.upper() if args.device else "PREFERENCES"
+    threads = -1 if args.threads is None else args.threads
     try:
-        bpy.ops.softras.fit(device=device, backend_command=args.backend_python)
+        bpy.ops.softras.fit(device=device, backend_command=args.backend_python, threads=threads)
     except RuntimeError as exc:
         # The operator reported an error (bad scene or failed fit); the scene is restored.
         reason = str(exc).strip().removeprefix("Error:").strip()
-        failed = reason.startswith(("Fit failed", "Cannot start"))
+        failed = runtime.last_outcome() is runtime.Outcome.FAILED
         return _fail(reason, EXIT_FIT_FAILED if failed else EXIT_BAD_INPUT)
-    result = operators.last_result()
-    if result is None or result.get("status") not in ("done", "diverged"):
+    result = runtime.last_result()
+    if runtime.last_outcome() is not runtime.Outcome.FITTED:
         return _fail(f"the fit ended with status {result and result.get('status')!r}",
                      EXIT_FIT_FAILED)
     if args.output is not None:

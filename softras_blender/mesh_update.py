@@ -62,17 +62,14 @@ class FitTarget:
 
     source_name: the mesh object being fitted, or None when the fit starts from the
     silhouettes (then ``start_name``, "Visual Hull" or "Sphere", names the new object);
-    scene_name: the scene whose collection gets a new result object; source_faces: the
-    (F, 3) triangles sent for the source (faces that come back equal to them are no
-    topology change).
+    scene_name: the scene whose collection gets a new result object.
     """
 
     def __init__(self, source_name: str | None, scene_name: str,
-                 source_faces: np.ndarray | None = None, start_name: str = "Visual Hull"):
+                 start_name: str = "Visual Hull"):
         self.source_name = source_name
         self.start_name = start_name
         self.scene_name = scene_name
-        self._source_faces = source_faces
         self.result_name: str | None = None  # a new object holding a changed topology
         self._saved: dict | None = None
         self._to_local = None
@@ -96,11 +93,9 @@ class FitTarget:
         return bpy.data.objects.get(self.result_name) if self.result_name else None
 
     def apply(self, vertices: np.ndarray, faces: np.ndarray | None = None) -> None:
-        """Show fitted world-space vertices (V, 3); faces (F, 3) when the topology changed."""
+        """Show fitted world-space vertices (V, 3); faces (F, 3) when the topology changed
+        (the backend sends them only then), which moves the fit to a new object."""
         vertices = np.asarray(vertices, dtype=np.float32)
-        if (faces is not None and self.result_name is None and self._source_faces is not None
-                and np.array_equal(faces, self._source_faces)):
-            faces = None  # the source's own triangles: same topology
         if faces is not None or self.result_name is not None or self.source_name is None:
             self._apply_new_object(vertices, faces)
             return

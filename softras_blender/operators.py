@@ -1,7 +1,7 @@
 """Operators: fit the mesh to the images, cancel it, install and check the backend.
 
-The fit's live state is plain module state (`running_session`), so it is never
-saved into a .blend file nor undone. Heavy modules load inside execute/invoke.
+The fit's live state lives in `runtime.state`, so it is never saved into a .blend file
+nor undone. Heavy modules load inside execute/invoke.
 """
 
 from __future__ import annotations
@@ -9,47 +9,25 @@ from __future__ import annotations
 import sys
 
 import bpy
-from bpy.props import EnumProperty, StringProperty
+from bpy.props import EnumProperty, IntProperty, StringProperty
 from bpy.types import Operator
 
+from . import fit_options, runtime
+from .runtime import Outcome, state
+
 TIMER_STEP = 0.1  # seconds between two looks at the backend in the UI
-
-_state = {"session": None, "status": [], "last_result": None, "install": None,
-          "backend_report": []}
-
-
-def running_session():
-    """The fit running in the UI, or None."""
-    return _state["session"]
-
-
-def last_status() -> list[str]:
-    """Lines describing the last fit's outcome (for the panel)."""
-    return list(_state["status"])
-
-
-def last_result() -> dict | None:
-    """Plain data about the last finished fit (`session.FitSession.summary`)."""
-    return _state["last_result"]
-
-
-def install_state():
-    """The managed-environment installer (`environment.StepRunner`), or None."""
-    return _state["install"]
-
-
-def install_log_tail() -> list[str]:
-    runner = _state["install"]
-    return runner.log_tail() if runner is not None else []
-
-
-def backend_report() -> list[str]:
-    """What the last "Check Backend" found, as lines."""
-    return list(_state["backend_report"])
 
 
 def _message(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
+
+
+def redraw_areas(context, kinds: set[str]) -> None:
+    """Redraw every area of these kinds (e.g. {"VIEW_3D"}) in every window."""
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type in kinds:
+                area.tag_redraw()
 
 
 class SOFTRAS_OT_fit(Operator):
@@ -62,15 +40,18 @@ class SOFTRAS_OT_fit(Operator):
     device: EnumProperty(
         name="Device",
         items=(("PREFERENCES", "From Preferences", "The device chosen in the preferences"),
-               ("AUTO", "Auto", ""), ("CPU", "CPU", ""), ("CUDA", "CUDA", "")),
+               *fit_options.DEVICE_ITEMS),
         default="PREFERENCES", options={"HIDDEN", "SKIP_SAVE"})
     backend_command: StringProperty(
         name="Backend Python", default="", options={"HIDDEN", "SKIP_SAVE"},
         description="Command line of the backend's Python (empty: from the preferences)")
+    threads: IntProperty(
+        name="CPU Threads", default=-1, min=-1, options={"HIDDEN", "SKIP_SAVE"},
+        description="The backend's CPU threads (-1: from the preferences, 0: automatic)")
 
     @classmethod
     def poll(cls, context):
-        if _state["session"] is not None:
+        if state.session is not None:
             cls.poll_message_set("A fit is already running")
             return False
         if context.mode != "OBJECT":
@@ -87,6 +68,7 @@ class SOFTRAS_OT_fit(Operator):
             session.run()
         except KeyboardInterrupt:
             session.abort()
+            state.session, state.outcome = None, Outcome.CANCELLED
             self.report({"WARNING"}, "Fit interrupted; the mesh was restored")
             return {"CANCELLED"}
         except Exception as exc:
@@ -106,8 +88,6 @@ class SOFTRAS_OT_fit(Operator):
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
-        from .session import redraw_views
-
         session = self._session
         if event.type == "ESC" or session.cancel_requested:
             return self._cancel(context, session)
@@ -118,7 +98,7 @@ class SOFTRAS_OT_fit(Operator):
         except Exception as exc:
             self._stop_timer(context)
             return self._fail(session, exc)
-        redraw_views()
+        redraw_areas(context, {"VIEW_3D", "PROPERTIES"})
         if finished:
             self._stop_timer(context)
             return self._finish(context, session)
@@ -126,46 +106,51 @@ class SOFTRAS_OT_fit(Operator):
 
     def cancel(self, context):
         """Blender ends the operator (file load, quit): stop and restore."""
-        session = _state["session"]
+        session = state.session
         if session is not None:
             self._stop_timer(context)
             session.abort()
-            _state["session"] = None
+            state.session, state.outcome = None, Outcome.CANCELLED
 
     # -- shared steps -----------------------------------------------------------------
 
     def _begin(self, context, verbose: bool = False):
-        """Export the scene and launch the backend; None (after a report) on bad input."""
+        """Export the scene and launch the backend; None (after a report) when either
+        fails."""
         from .environment import split_command
-        from .scene_export import ExportError
+        from .scene_export import ExportError, export_request
         from .session import FitSession
 
-        device = None if self.device == "PREFERENCES" else self.device
-        python = split_command(self.backend_command) or None
+        settings = runtime.backend_settings(context)
+        device = settings["device"] if self.device == "PREFERENCES" else self.device
         try:
-            session = FitSession(context, device=device, backend_python=python,
-                                 verbose=verbose)
-            session.start()
+            session = FitSession(export_request(context, device), verbose=verbose)
         except (ExportError, ValueError) as exc:
-            self.report({"ERROR"}, _message(exc))
-            return None
+            return self._refuse(Outcome.BAD_INPUT, _message(exc))
+        try:
+            launch = runtime.backend_launch(settings, split_command(self.backend_command),
+                                            None if self.threads < 0 else self.threads)
+            session.start(launch)
         except Exception as exc:  # e.g. the backend's Python cannot be started
-            self.report({"ERROR"}, f"Cannot start the fit: {_message(exc)}")
-            return None
+            return self._refuse(Outcome.FAILED, f"Cannot start the fit: {_message(exc)}")
         self._session = session
         self._timer = None
-        _state["session"] = session
-        _state["status"] = []
+        state.session, state.status, state.outcome = session, [], None
         return session
 
+    def _refuse(self, outcome: Outcome, text: str) -> None:
+        """Report why no fit started."""
+        state.outcome = outcome
+        self.report({"ERROR"}, text)
+
     def _finish(self, context, session):
-        _state["session"] = None
+        state.session = None
         summary = session.summary()
         session.close()
-        _state["last_result"] = summary
+        state.last_result = summary
         if summary["status"] == "cancelled":
             session.target.restore()
-            _state["status"] = ["Fit cancelled"]
+            state.status, state.outcome = ["Fit cancelled"], Outcome.CANCELLED
             self.report({"WARNING"}, "The backend cancelled the fit; the mesh was restored")
             return {"CANCELLED"}
         text = (f"Fitted {summary['object']!r} to {len(summary['views'])} views: mean IoU "
@@ -174,24 +159,27 @@ class SOFTRAS_OT_fit(Operator):
         if held:
             text += f", held-out {sum(held.values()) / len(held):.3f}"
         text += f" ({summary['status']}, {summary['wall_seconds']:.1f} s)"
-        _state["status"] = [text] + ([summary["message"]] if summary["message"] else [])
+        state.status = [text] + ([summary["message"]] if summary["message"] else [])
+        state.outcome = Outcome.FITTED
         level = "INFO" if summary["status"] == "done" else "WARNING"
         self.report({level}, text + (f". {summary['message']}" if summary["message"] else ""))
         return {"FINISHED"}
 
     def _cancel(self, context, session):
         self._stop_timer(context)
-        _state["session"] = None
+        state.session = None
         session.cancel()
-        _state["status"] = ["Fit cancelled; the mesh was restored"]
+        state.status = ["Fit cancelled; the mesh was restored"]
+        state.outcome = Outcome.CANCELLED
         self.report({"INFO"}, "Fit cancelled; the mesh was restored")
         return {"CANCELLED"}
 
     def _fail(self, session, exc):
-        _state["session"] = None
+        state.session = None
         session.abort()
         message = _message(exc)
-        _state["status"] = ["Fit failed: " + message.splitlines()[0]]
+        state.status = ["Fit failed: " + message.splitlines()[0]]
+        state.outcome = Outcome.FAILED
         print(f"SoftRas: fit failed: {message}", file=sys.stderr, flush=True)
         self.report({"ERROR"}, f"Fit failed: {message}")
         return {"CANCELLED"}
@@ -211,34 +199,33 @@ class SOFTRAS_OT_cancel_fit(Operator):
 
     @classmethod
     def poll(cls, context):
-        return _state["session"] is not None
+        return state.session is not None
 
     def execute(self, context):
-        _state["session"].cancel_requested = True
+        state.session.cancel_requested = True
         return {"FINISHED"}
 
 
 class SOFTRAS_OT_check_backend(Operator):
-    """Start the backend once and show what it reports (versions, device, GPU)"""
+    """Start the backend once and show what it reports (versions, device, GPU, threads)"""
 
     bl_idname = "softras.check_backend"
     bl_label = "Check Backend"
 
     def execute(self, context):
-        from . import preferences
-        from .client import BackendClient, BackendError, default_backend_command
-        from .session import backend_environment
+        from .client import BackendClient, BackendError
 
         try:
-            python = preferences.backend_command(preferences.backend_settings(context))
-            client = BackendClient(default_backend_command(python),
-                                   env=backend_environment(preferences.user_dir()))
+            settings = runtime.backend_settings(context)
+            python = runtime.backend_python(settings)
+            launch = runtime.backend_launch(settings, python)
+            client = BackendClient(launch.command, env=launch.env, cwd=launch.cwd)
             try:
                 hello = client.start()
             finally:
                 client.shutdown()
         except (ValueError, BackendError) as exc:
-            _state["backend_report"] = ["Backend not usable:"] + str(exc).splitlines()[:12]
+            state.backend_report = ["Backend not usable:"] + str(exc).splitlines()[:12]
             self.report({"ERROR"}, f"Backend not usable: {_message(exc)}")
             return {"CANCELLED"}
         lines = [
@@ -246,10 +233,13 @@ class SOFTRAS_OT_check_backend(Operator):
             f"PyTorch {hello.get('torch')}, CuPy {hello.get('cupy') or 'not installed'}",
             f"Device: {hello.get('device')}"
             + (f" ({hello['gpu_name']})" if hello.get("gpu_name") else ""),
-            f"Backend {hello.get('backend_version')}, protocol {hello.get('protocol')}",
         ]
-        _state["backend_report"] = lines
-        self.report({"INFO"}, "Backend OK: " + "; ".join(lines[1:3]))
+        threads = runtime.threads_text(hello)
+        if threads is not None:
+            lines.append(threads)
+        state.backend_report = lines + [
+            f"Backend {hello.get('backend_version')}, protocol {hello.get('protocol')}"]
+        self.report({"INFO"}, "Backend OK: " + "; ".join(lines[1:]))
         return {"FINISHED"}
 
 
@@ -262,30 +252,32 @@ class SOFTRAS_OT_install_backend(Operator):
 
     @classmethod
     def poll(cls, context):
-        runner = _state["install"]
+        runner = state.install
         if runner is not None and not runner.finished:
             cls.poll_message_set("The installation is running")
             return False
         return True
 
     def _new_runner(self):
-        """The install's step runner, kept in the module state; None (reported) if offline."""
-        from . import environment, preferences
+        """The install's step runner, kept in the runtime state; None (reported) if offline."""
+        from . import environment
+        from .backend.core.requirements import backend_requirements
+        from .client import backend_root
 
         if not bpy.app.online_access:
             self.report({"ERROR"}, "Blender is set to work offline: allow online access in "
                         "Preferences > System > Network to download the backend's packages")
             return None
-        user = preferences.user_dir()
+        user = runtime.user_dir()
         try:
             steps = environment.install_steps(
                 sys.executable, user / environment.VENV_FOLDER,
-                environment.read_requirements(preferences.ADDON_DIR), environment.detect_cuda())
+                backend_requirements(backend_root()), environment.detect_cuda())
         except ValueError as exc:  # no requirements list, or no CuPy build for this CUDA
             self.report({"ERROR"}, str(exc))
             return None
-        _state["install"] = environment.StepRunner(steps, user / "logs" / "install.log")
-        return _state["install"]
+        state.install = environment.StepRunner(steps, user / "logs" / "install.log")
+        return state.install
 
     def execute(self, context):
         runner = self._new_runner()
@@ -308,19 +300,16 @@ class SOFTRAS_OT_install_backend(Operator):
     def modal(self, context, event):
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        runner = _state["install"]
+        runner = state.install
         done = runner.poll()
-        for window in context.window_manager.windows:
-            for area in window.screen.areas:
-                if area.type == "PREFERENCES":
-                    area.tag_redraw()
+        redraw_areas(context, {"PREFERENCES"})
         if not done:
             return {"PASS_THROUGH"}
         context.window_manager.event_timer_remove(self._timer)
         return self._report(runner, runner.returncode)
 
     def cancel(self, context):
-        runner = _state["install"]
+        runner = state.install
         if runner is not None:
             runner.cancel()
 
@@ -342,9 +331,8 @@ register = _register_classes
 
 
 def unregister():
-    session = _state["session"]
+    session = state.session
     if session is not None:
         session.abort()
-        _state["session"] = None
+        state.session = None
     _unregister_classes()
-

@@ -5,6 +5,8 @@ from __future__ import annotations
 import bpy
 from bpy.types import Panel
 
+from . import operators, runtime
+
 
 class SoftRasPanelMixin:
     bl_space_type = "VIEW_3D"
@@ -17,13 +19,11 @@ class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
     bl_idname = "SOFTRAS_PT_fit"
 
     def draw(self, context):
-        from . import operators
-
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
         settings = context.scene.softras
-        session = operators.running_session()
+        session = runtime.running_session()
 
         col = layout.column()
         col.enabled = session is None
@@ -53,12 +53,15 @@ class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
                 layout.label(text=f"Mean IoU: {session.mean_iou:.3f}")
             for name, value in session.losses.items():
                 layout.label(text=f"{name}: {value:.4g}")
+            threads = runtime.threads_text(session.hello)
+            if threads is not None:
+                layout.label(text=threads)
             layout.operator(operators.SOFTRAS_OT_cancel_fit.bl_idname, icon="CANCEL")
         else:
             row = layout.row()
             row.scale_y = 1.5
             row.operator(operators.SOFTRAS_OT_fit.bl_idname, icon="MOD_SHRINKWRAP")
-            for line in operators.last_status():
+            for line in runtime.last_status():
                 layout.label(text=line)
 
 
@@ -69,13 +72,11 @@ class SOFTRAS_PT_fit_options(SoftRasPanelMixin, Panel):
     bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        from . import operators
-
         layout = self.layout
         layout.use_property_split = True
         layout.use_property_decorate = False
         settings = context.scene.softras
-        layout.enabled = operators.running_session() is None
+        layout.enabled = runtime.running_session() is None
         col = layout.column()
         col.prop(settings, "iterations")
         col.prop(settings, "resolution")

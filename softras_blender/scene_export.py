@@ -1,7 +1,9 @@
 """Blender data -> the plain data the backend fits: mesh arrays, cameras, target images.
 
-Only reads Blender data; everything computed from it lives in bpy-free modules
-(`silhouettes`, `backend.core.camera`). All positions are in world space.
+`export_request` reads the scene's fit settings and checks them, and returns a
+`FitRequest` that a `session.FitSession` runs. Only reads Blender data; everything
+computed from it lives in bpy-free modules (`silhouettes`, `fit_options`,
+`backend.core.camera`). All positions are in world space.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 
 from . import fit_options, silhouettes
 from .backend.core import camera as camera_model
+from .backend.core.messages import View
 
 IMAGE_EXTENSIONS = (".png", ".exr", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp", ".tga")
 # Byte images in these colour spaces hold linear values already.
@@ -24,18 +27,85 @@ class ExportError(ValueError):
     """The scene cannot be fitted as it is; the message says what to change."""
 
 
-@dataclass
-class ExportedView:
-    """One camera and its reference image, as the backend wants them."""
+@dataclass(frozen=True)
+class FitRequest:
+    """Everything one fit needs, as plain data read from the scene.
 
-    name: str
-    camera: camera_model.CameraMatrices
-    image: np.ndarray  # (H, W, 4) float32, row 0 at the top, linear straight-alpha RGBA
-    held_out: bool = False
+    vertices: (V, 3) float32 world-space start mesh and faces (F, 3) int32, or both None
+    to start from the silhouettes; views: the cameras and their target images;
+    options: `FitOptions` fields; source_name: the mesh object fitted (None: the fit
+    makes a new object named after ``start_name``, "Visual Hull" or "Sphere");
+    scene_name: the scene it belongs to.
+    """
 
-    def to_wire(self) -> dict:
-        return {"name": self.name, "camera": self.camera.to_dict(), "image": self.image,
-                "held_out": self.held_out}
+    vertices: np.ndarray | None
+    faces: np.ndarray | None
+    views: list[View]
+    options: dict
+    source_name: str | None
+    scene_name: str
+    start_name: str
+
+
+# The panel's starts without a mesh -> the name of the object the fit makes.
+START_NAMES = {"HULL": "Visual Hull", "SPHERE": "Sphere"}
+
+
+def settings_dict(settings) -> dict:
+    """The scene's fit settings (``scene.softras``) as plain values."""
+    return {
+        "iterations": settings.iterations,
+        "sharpness": settings.sharpness,
+        "fit_colors": settings.fit_colors,
+        "smoothness": settings.smoothness,
+        "start": settings.mesh_source,
+        "align_mesh": settings.align_mesh,
+    }
+
+
+def export_request(context, device: str) -> FitRequest:
+    """The fit the scene's settings (``scene.softras``) describe, on ``device`` ("AUTO",
+    "CPU", "CUDA"). Raises ExportError saying what to change when the scene cannot be
+    fitted as it is."""
+    scene = context.scene
+    settings = scene.softras
+    source = fit_source(context)
+    vertices, faces = mesh_arrays(source) if source is not None else (None, None)
+    cameras = scene_cameras(scene, settings.camera_source, settings.camera_collection,
+                            settings.image_source, settings.image_folder)
+    views = export_views(scene, cameras, settings.image_source, settings.image_folder,
+                         settings.held_out_every, settings.resolution)
+    try:
+        options = fit_options.options_from_settings(settings_dict(settings), device)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
+    return FitRequest(vertices, faces, views, options, source.name if source else None,
+                      scene.name, START_NAMES.get(settings.mesh_source, ""))
+
+
+def fit_source(context):
+    """The mesh object the settings choose to fit, or None to start from the silhouettes;
+    ExportError when the choice is not a mesh in Object Mode."""
+    settings = context.scene.softras
+    if settings.mesh_source in fit_options.START_SHAPES:
+        return None
+    if settings.mesh_source == "OBJECT":
+        source = settings.target_object
+        if source is None:
+            raise ExportError("no object chosen to fit: pick a mesh object, or start from "
+                              "the visual hull")
+    else:
+        source = context.active_object
+        if source is None:
+            raise ExportError("there is no active object: select the mesh to fit, or start "
+                              "from the visual hull")
+    if source.type != "MESH":
+        raise ExportError(f"{source.name!r} is a {source.type.lower()} object, not a mesh: "
+                          "select a mesh to fit, or start from the visual hull")
+    if source.mode != "OBJECT":
+        raise ExportError(f"{source.name!r} is in {source.mode.title()} Mode: switch to "
+                          "Object Mode to fit it")
+    return source
 
 
 def mesh_arrays(obj) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +243,7 @@ def _decoding(image) -> dict:
 
 
 def view_for_camera(scene, cam_obj, image_source: str, folder: str = "",
-                    held_out: bool = False, resolution: int = 0) -> ExportedView:
+                    held_out: bool = False, resolution: int = 0) -> View:
     """Camera matrices and the target image of one camera, at the fit's resolution
     (longest side at most ``resolution`` pixels; 0: the render's size).
 
@@ -216,11 +286,11 @@ def view_for_camera(scene, cam_obj, image_source: str, folder: str = "",
         raise
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
-    return ExportedView(cam_obj.name, cam.resized(*size), target, held_out)
+    return View(cam.resized(*size), target, cam_obj.name, held_out)
 
 
 def export_views(scene, cameras, image_source: str, folder: str = "",
-                 held_out_every: int = 0, resolution: int = 0) -> list[ExportedView]:
+                 held_out_every: int = 0, resolution: int = 0) -> list[View]:
     """Views for the cameras; with ``held_out_every`` k > 1, every k-th camera (the
     2nd of each k) is held out: measured, never fitted."""
     views = []

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+from backend.core import threads
 
-from backend.core.camera import blender_camera, orbit_cameras
-from backend.fit.mesh_ops import icosphere as mesh_icosphere
-from backend.render.renderer import Cameras
+# Before torch loads its OpenMP runtime, which reads the settings once: the tests share
+# the cores with each other and with everything else on the machine.
+threads.apply()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from backend.core.camera import blender_camera, orbit_cameras  # noqa: E402
+from backend.fit.mesh_ops import icosphere as mesh_icosphere  # noqa: E402
+from backend.render.renderer import Cameras  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -113,15 +113,17 @@ class DrivenFit:
     from softras_blender.operators import SOFTRAS_OT_fit as _op
 
     _begin = _op._begin
+    _refuse = _op._refuse
     modal = _op.modal
     _finish = _op._finish
     _fail = _op._fail
     _cancel = _op._cancel
     _stop_timer = _op._stop_timer
 
-    def __init__(self, device="CPU", backend_command=""):
+    def __init__(self, device="CPU", backend_command="", threads=-1):
         self.device = device
         self.backend_command = backend_command
+        self.threads = threads
         self.reports = []
 
     def report(self, level, message):
@@ -148,7 +150,7 @@ class DrivenFit:
 
 
 def test_background_fit_raises_iou_into_a_shape_key_and_keeps_the_basis(scene, addon):
-    from softras_blender import operators
+    from softras_blender import runtime
 
     sphere = scene.objects[SPHERE]
     original = coordinates(sphere)
@@ -164,25 +166,26 @@ def test_background_fit_raises_iou_into_a_shape_key_and_keeps_the_basis(scene, a
     fitted = key_coordinates(sphere)
     after = mean_iou(scene, fitted, sphere)
     assert after > before + 0.05, (before, after)
-    result = operators.last_result()
+    result = runtime.last_result()
     assert result["status"] == "done" and result["object"] == SPHERE
     assert set(result["fit_iou"]) == {f"Camera.{i:02d}" for i in range(8)}
     assert abs(result["mean_fit_iou"] - after) < 0.1
-    assert operators.running_session() is None
+    assert runtime.running_session() is None
+    assert runtime.last_outcome() is runtime.Outcome.FITTED
 
 
 # -- the modal path, driven by the test ----------------------------------------------------
 
 
 def test_modal_fit_applies_streamed_vertices_while_running(scene, addon):
-    from softras_blender import operators
+    from softras_blender import runtime
 
     context = bpy.context
     sphere = scene.objects[SPHERE]
     original = coordinates(sphere)
     op = DrivenFit()
     session = op.begin(context)
-    assert session is not None and operators.running_session() is session
+    assert session is not None and runtime.running_session() is session
 
     seen = []
 
@@ -195,7 +198,7 @@ def test_modal_fit_applies_streamed_vertices_while_running(scene, addon):
     assert len(seen) >= 3
     changes = [np.abs(b - a).max() for a, b in zip(seen, seen[1:], strict=False)]
     assert all(change > 0 for change in changes)  # each update moved the mesh
-    assert operators.running_session() is None
+    assert runtime.running_session() is None
     np.testing.assert_array_equal(key_coordinates(sphere, "Basis"), original)
     assert op.reports and op.reports[-1][0] == "INFO"
 
@@ -214,7 +217,7 @@ def test_esc_cancels_and_restores_the_mesh(scene, addon):
 
 
 def test_cancel_button_stops_the_fit_and_restores_the_mesh(scene, addon):
-    from softras_blender import operators
+    from softras_blender import runtime
 
     context = bpy.context
     sphere = scene.objects[SPHERE]
@@ -225,7 +228,7 @@ def test_cancel_button_stops_the_fit_and_restores_the_mesh(scene, addon):
     assert bpy.ops.softras.cancel_fit() == {"FINISHED"}
     assert op.tick(context) == {"CANCELLED"}
     assert_untouched(bpy.data.objects[SPHERE], original)
-    assert operators.running_session() is None
+    assert runtime.running_session() is None
     assert not bpy.ops.softras.cancel_fit.poll()
 
 
@@ -331,6 +334,8 @@ def test_no_mesh_and_no_silhouettes(scene, addon):
 
 
 def test_non_mesh_object(scene, addon):
+    from softras_blender import runtime
+
     sphere = scene.objects[SPHERE]
     original = coordinates(sphere)
     bpy.context.view_layer.objects.active = scene.objects["Camera.00"]
@@ -339,14 +344,18 @@ def test_non_mesh_object(scene, addon):
     scene.softras.target_object = scene.objects["Camera.01"]
     assert "'Camera.01' is a camera object, not a mesh" in fit_error()
     assert_untouched(sphere, original)
+    assert runtime.last_outcome() is runtime.Outcome.BAD_INPUT
 
 
 def test_missing_backend_python(scene, addon):
+    from softras_blender import runtime
+
     sphere = scene.objects[SPHERE]
     original = coordinates(sphere)
     message = fit_error(backend_command="/nonexistent/python3")
     assert "Cannot start the fit" in message and "/nonexistent/python3" in message
     assert_untouched(sphere, original)
+    assert runtime.last_outcome() is runtime.Outcome.FAILED
 
 
 def test_backend_that_crashes_at_start(scene, addon):
@@ -399,7 +408,7 @@ def draw(panel_class, context, **attributes):
 
 
 def test_panel_shows_the_settings_then_progress_while_fitting(scene, addon):
-    from softras_blender import operators, panels
+    from softras_blender import panels, runtime
 
     scene.softras.mesh_source = "OBJECT"
     scene.softras.camera_source = "COLLECTION"
@@ -412,25 +421,28 @@ def test_panel_shows_the_settings_then_progress_while_fitting(scene, addon):
     assert [entry[1] for entry in options] == ["iterations", "resolution", "sharpness",
                                                "smoothness", "fit_colors", "held_out_every"]
     running = SimpleNamespace(progress=0.5, progress_text="12 / 24", mean_iou=0.75,
-                              losses={"silhouette": 0.25})
-    operators._state["session"] = running
+                              losses={"silhouette": 0.25},
+                              hello={"threads": {"count": 2, "wait_policy": "PASSIVE"}})
+    runtime.state.session = running
     try:
         busy = draw(panels.SOFTRAS_PT_fit, bpy.context)
     finally:
-        operators._state["session"] = None
+        runtime.state.session = None
     assert ("progress", 0.5, "12 / 24") in busy
     assert ("label", "Mean IoU: 0.750") in busy and ("label", "silhouette: 0.25") in busy
     assert ("operator", "softras.cancel_fit") in busy
     assert ("operator", "softras.fit") not in busy
+    assert ("label", "CPU threads: 2 (wait policy PASSIVE)") in busy
 
 
 def test_preferences_show_the_backend_choice_and_its_tools(scene, addon):
     from softras_blender import preferences
 
     log = draw(preferences.SoftRasPreferences, bpy.context, backend_mode="CUSTOM",
-               custom_command="", device="AUTO",
+               custom_command="", device="AUTO", threads=0,
                bl_rna=preferences.SoftRasPreferences.bl_rna)
-    assert [e[1] for e in log if e[0] == "prop"] == ["backend_mode", "custom_command", "device"]
+    assert [e[1] for e in log if e[0] == "prop"] == ["backend_mode", "custom_command", "device",
+                                                     "threads"]
     assert ("operator", "softras.install_backend") in log
     assert ("operator", "softras.check_backend") in log
     assert any(e[0] == "label" and "command is empty" in e[1] for e in log)

@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 
 from backend.core.camera import blender_camera, look_at
+from backend.core.messages import hello_threads
+from backend.core.options import DEVICES
+from backend.core.requirements import (
+    REQUIREMENTS_FILE,
+    backend_requirements,
+    distribution_name,
+    pyproject_requirements,
+    requirement_for,
+    requirements_text,
+)
 from softras_blender import environment, fit_options, silhouettes
+from softras_blender.client import default_backend_command
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,9 +169,20 @@ def test_cuda_version_is_read_from_nvidia_smi_output():
 
 
 def test_requirements_come_from_pyproject_in_a_checkout():
-    requirements = environment.read_requirements(REPO / "softras_blender")
-    assert requirements == environment.pyproject_requirements(REPO / "pyproject.toml")
+    requirements = backend_requirements(REPO)
+    assert requirements == pyproject_requirements(REPO / "pyproject.toml")
     assert any(r.startswith("torch") for r in requirements)
+
+
+def test_a_built_addon_reads_the_requirements_file_build_py_writes(tmp_path):
+    pinned = ["numpy>=1.26,<2", "torch==2.13.0", "scikit-image>=0.22; python_version>'3'"]
+    (tmp_path / REQUIREMENTS_FILE).write_text(requirements_text(pinned), encoding="utf-8")
+    assert backend_requirements(tmp_path) == pinned
+    assert [distribution_name(r) for r in pinned] == ["numpy", "torch", "scikit-image"]
+    assert requirement_for("Torch", pinned) == "torch==2.13.0"
+    assert requirement_for("scipy", pinned) == "scipy"  # not listed: the bare name
+    with pytest.raises(ValueError, match="reinstall the add-on"):
+        backend_requirements(tmp_path / "empty")
 
 
 def test_install_steps_pick_cpu_wheels_without_cuda_and_cupy_with_it(tmp_path):
@@ -190,7 +212,31 @@ def test_step_runner_runs_steps_in_order_and_stops_at_a_failure(tmp_path):
     assert any("failed with exit code 4" in line for line in runner.log_tail())
 
 
+# -- the backend's launch and what it reports ---------------------------------------------
+
+
+def test_backend_command_passes_the_cpu_threads():
+    assert default_backend_command("py") == ["py", "-m", "backend", "serve"]
+    assert default_backend_command(["ssh", "box", "py"], threads=0)[-2:] == ["--threads", "0"]
+    assert default_backend_command("py", threads=3)[-2:] == ["--threads", "3"]
+    with pytest.raises(ValueError, match="threads must be >= 0"):
+        default_backend_command("py", threads=-1)
+
+
+def test_the_threads_a_backend_chose_are_read_from_its_hello_if_it_says():
+    chosen = {"threads": {"count": 2, "wait_policy": "PASSIVE"}}
+    assert hello_threads(chosen) == (2, "PASSIVE")
+    assert hello_threads({"device": "cpu"}) is None  # an older backend
+    assert hello_threads({"threads": {"count": "2"}}) is None
+
+
 # -- settings -> FitOptions --------------------------------------------------------------
+
+
+def test_device_choices_are_the_backends_devices():
+    assert [item[0] for item in fit_options.DEVICE_ITEMS] == [d.upper() for d in DEVICES]
+    with pytest.raises(ValueError, match="device must be one of"):
+        fit_options.options_from_settings({}, "tpu")
 
 
 def test_backend_defaults_are_the_backends_fit_options():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from backend.core.requirements import pyproject_requirements
+
 pytest.importorskip("bpy")
 
 pytestmark = pytest.mark.blender
@@ -48,11 +50,11 @@ result["addon_folder"] = folder
 before = sorted(os.path.relpath(os.path.join(d, f), folder)
                 for d, _, files in os.walk(folder) for f in files)
 bpy.ops.softras.check_backend()
-result["backend_report"] = sys.modules[module + ".operators"].backend_report()
+result["backend_report"] = sys.modules[module + ".runtime"].backend_report()
 after = sorted(os.path.relpath(os.path.join(d, f), folder)
                for d, _, files in os.walk(folder) for f in files)
 result["written_into_addon"] = sorted(set(after) - set(before))
-result["user_dir"] = str(sys.modules[module + ".preferences"].user_dir())
+result["user_dir"] = str(sys.modules[module + ".runtime"].user_dir())
 addon_utils.disable(module, default_set=True)
 result["disabled"] = registered()
 addon_utils.enable(module, default_set=True)
@@ -76,7 +78,7 @@ def test_zip_carries_addon_backend_and_kernels_and_nothing_else(built_zip):
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")
                 or n.startswith("tests/") or n.startswith("dist/")]
     requirements = zipfile.ZipFile(built_zip).read("backend_requirements.txt").decode()
-    for requirement in build.backend_requirements():
+    for requirement in pyproject_requirements(REPO / "pyproject.toml"):
         assert requirement in requirements
 
 

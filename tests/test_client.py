@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from backend.core.messages import View
 from softras_blender import client as client_module
 
 REPO = Path(__file__).resolve().parent.parent
@@ -36,8 +37,8 @@ def ellipsoid_scene(size=32, count=6):
     target = v * [1.0, 0.6, 0.45] + [0.2, 0.0, 0.1]
     cams = fit_scenes.cameras(size=(size, size), elevations=(25.0,), azimuths=count,
                               azimuth_offset=15.0)
-    views = [{"name": view.name, "camera": view.camera.to_dict(), "image": view.image,
-              "held_out": view.held_out} for view in fit_scenes.views_of(target, f, cams)]
+    views = [View(view.camera, view.image, view.name, view.held_out)
+             for view in fit_scenes.views_of(target, f, cams)]
     return (0.8 * v).astype(np.float32), f.astype(np.int32), views
 
 
@@ -99,7 +100,7 @@ def test_a_small_fit_streams_vertices_and_improves_the_iou(backend, scene):
     progress = [e for e in events if e["type"] == "progress"]
     assert progress and all(e["fit_id"] == fit_id for e in progress)
     assert len(streamed) >= 3
-    assert streamed[0]["faces"] is not None  # the first update carries the topology
+    assert all(m["faces"] is None for m in streamed)  # the topology never changed
     assert all(m["vertices"].shape == vertices.shape for m in streamed)
     assert [m["iteration"] for m in streamed] == sorted(m["iteration"] for m in streamed)
     assert done["vertices"].shape == vertices.shape and done["faces"].shape == faces.shape

@@ -7,9 +7,13 @@ import torch
 from fit_scenes import box, cameras, sphere, views_of
 
 from backend.core.camera import blender_camera, look_at, orbit_cameras
-from backend.fit import fitting, losses
+from backend.fit import fitting, loop, losses
 from backend.fit.fitting import FitError, FitOptions, View, fit
 from backend.fit.mesh_ops import check_mesh
+from backend.fit.schedule import Schedule, ViewSampler
+from backend.fit.state import MeshState
+from backend.fit.targets import ViewGroup, batches
+from backend.render.renderer import Cameras
 
 SMALL = {"views_per_step": 4, "stream_every": 5, "init_faces": 300, "subdivide_at": ()}
 
@@ -117,7 +121,7 @@ def test_subdivision_changes_topology_and_streams_the_new_faces(box_views):
     assert len(result.faces) == 4 * len(f0) and result.topology_changed
     assert check_mesh(result.faces).closed_manifold
     with_faces = [p.iteration for p in events if p.faces is not None]
-    assert with_faces == [1, 10]  # the first vertices, then the first after the split
+    assert with_faces == [10]  # the given faces are known: only the split's are sent
 
 
 def test_subdivision_beyond_max_faces_is_skipped_and_said(box_views):
@@ -260,7 +264,7 @@ def test_nan_during_optimisation_returns_the_last_good_state(box_views, monkeypa
         value = real(vertices, lap)
         return value * float("nan") if len(calls) > 3 else value
 
-    monkeypatch.setattr(fitting.losses, "laplacian_loss", flaky)
+    monkeypatch.setattr(losses, "laplacian_loss", flaky)
     result = fit(box_views, options=options(iterations=20))
     assert result.status == "diverged" and result.iterations == 3
     assert "laplacian" in result.message and "NaN" in result.message
@@ -302,3 +306,82 @@ def test_orthographic_cameras_fit_from_the_hull():
             for m in orbit_cameras(6, [-25.0, 30.0], 5.0)]
     result = fit(views_of(v, f, cams), options=options(iterations=20))
     assert result.status == "done" and result.mean_fit_iou > 0.9
+
+
+# -- the fitter's parts ------------------------------------------------------------------
+
+
+def test_schedule_goes_coarse_to_fine_sharpens_and_decays():
+    opts = options(iterations=100, resolution_start=0.25, coarse_fraction=0.5,
+                   sharpen_fraction=0.9, sigma_start=1.0, sigma_end=0.01, lr_final=0.1,
+                   subdivide_at=(0.3,))
+    plan = Schedule(opts, smallest_side=256)
+    assert plan.levels == [0.25, 0.5, 1.0]
+    assert [plan.at(i).level for i in (0, 24, 25, 49, 50, 99)] == [0, 0, 1, 1, 2, 2]
+    assert plan.at(0).resolution == 0.25 and plan.at(99).resolution == 1.0
+    assert plan.at(0).sigma == 1.0 and plan.at(90).sigma == pytest.approx(0.01)
+    assert plan.at(45).sigma == pytest.approx(0.1)
+    assert plan.at(0).lr_factor == 1.0 and plan.at(99).lr_factor == pytest.approx(0.1)
+    assert [i for i in range(100) if plan.at(i).subdivide] == [30]
+    # Small images start no smaller than MIN_LEVEL_SIDE pixels.
+    assert Schedule(opts, smallest_side=64).levels == [0.5, 1.0]
+
+
+def test_view_sampler_takes_every_view_once_per_round():
+    sampler = ViewSampler([3, 5, 7, 9, 11], per_step=2, seed=0)
+    drawn = [sampler.next() for _ in range(5)]
+    assert all(len(chosen) == 2 for chosen in drawn)
+    flat = [i for chosen in drawn for i in chosen]
+    assert sorted(flat[:5]) == sorted(flat[5:]) == [3, 5, 7, 9, 11]
+    again = ViewSampler([3, 5, 7, 9, 11], per_step=2, seed=0)
+    assert [again.next() for _ in range(5)] == drawn
+
+
+def test_batches_keep_the_order_the_views_were_chosen_in():
+    small = ViewGroup([0, 2, 4], None, None, None)
+    large = ViewGroup([1, 3], None, None, None)
+    assert [(g.indices, rows) for g, rows in batches([small, large], [3, 4, 1, 0])] == [
+        ([1, 3], [1, 0]), ([0, 2, 4], [2, 0])]
+
+
+def test_cameras_select_picks_rows_in_the_order_given(box_views):
+    cams = Cameras.from_matrices([v.camera for v in box_views[:4]])
+    picked = cams.select([2, 0])
+    assert len(picked) == 2 and (picked.width, picked.height) == (cams.width, cams.height)
+    assert torch.equal(picked.world_to_camera, cams.world_to_camera[[2, 0]])
+    assert torch.equal(cams.select(slice(1, 3)).intrinsics, cams.intrinsics[1:3])
+
+
+def test_the_state_can_change_topology_between_steps():
+    v, f = sphere(0.6, level=1)
+    state = MeshState(torch.tensor(v, dtype=torch.float32), f, options(), None)
+    for _ in range(2):
+        state.optimizer.zero_grad()
+        (state.vertices() ** 2).sum().backward()
+        state.optimizer.step()
+    translation = state.translation.detach().clone()
+    state.subdivide()
+    assert state.vertices().shape == (len(v) + len(f) * 3 // 2, 3)
+    assert len(state.faces) == 4 * len(f) and state.edges.shape[1] == 2
+    assert torch.equal(state.translation.detach(), translation)
+    (state.vertices() ** 2).sum().backward()
+    state.optimizer.step()
+    assert torch.isfinite(state.vertices()).all()
+    assert state.snapshot().faces.shape == (4 * len(f), 3)
+
+
+def test_one_finiteness_check_names_what_went_wrong():
+    finite = {"silhouette": torch.tensor(0.5), "laplacian": torch.tensor(0.1)}
+    params = [torch.zeros(3), torch.ones(2)]
+    assert loop._non_finite(finite, params) == []
+    assert loop._non_finite({**finite, "laplacian": torch.tensor(float("inf"))}, params) == [
+        "laplacian"]
+    assert loop._non_finite(finite, [torch.zeros(3), torch.tensor([1.0, float("nan")])]) == [
+        "parameters"]
+
+
+def test_the_fit_api_is_importable_from_the_backend_package():
+    import backend
+
+    assert backend.FitOptions is FitOptions and backend.View is View
+    assert backend.FitError is FitError and backend.FitResult is fitting.FitResult

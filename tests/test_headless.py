@@ -97,11 +97,12 @@ def test_starts_from_a_sphere_over_the_silhouettes(scene_file, tmp_path):
     report = tmp_path / "r.json"
     done = run([str(HEADLESS), "--", "--scene", str(scene_file), "--start", "sphere",
                 "--iterations", "10", "--resolution", "32", "--device", "cpu",
-                "--report", str(report)], tmp_path)
+                "--threads", "1", "--report", str(report)], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = json.loads(report.read_text())
     assert data["source_object"] is None and data["object"] == "Sphere SoftRas Fit"
     assert data["mean_fit_iou"] > 0.5
+    assert data["backend"]["threads"]["count"] == 1  # --threads reached the backend
 
 
 def test_align_moves_a_far_away_mesh_onto_the_silhouettes(scene_file, tmp_path):
@@ -133,6 +134,8 @@ def test_align_moves_a_far_away_mesh_onto_the_silhouettes(scene_file, tmp_path):
      "none of the scene's 8 cameras has an image named after it"),
     ("unknown camera", ["--object", "Sphere", "--cameras", "Camera.00,Cam"],
      "no camera named Cam"),
+    ("negative threads", ["--object", "Sphere", "--threads", "-1"],
+     "--threads -1: give 0 (automatic) or a positive count"),
 ])
 def test_bad_input_exits_with_a_one_line_reason_and_leaves_the_scene(scene_file, tmp_path,
                                                                        case, args, reason):

@@ -8,30 +8,39 @@ with a C++ compiler; see cuda_emulation.py) and on a real GPU through CuPy
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, has_cuda, icosphere, load_obj, make_cameras
+from conftest import SHARED_DATA, has_cuda, icosphere, load_obj, make_cameras
+from cuda_emulation import compile_library, compiler
 
 from backend.render.raster_cpu import rasterize_cpu
+from backend.render.raster_cuda import (
+    KERNEL_SOURCE,
+    NVRTC_OPTIONS,
+    PARAMS_FIELDS,
+    KernelLaunch,
+    pack_params,
+    params_dtype,
+)
 from backend.render.renderer import RenderSettings, project_faces
 
-KERNELS = sorted((REPO / "kernels").glob("*.cu"))
+ENTRY_POINTS = ("soft_raster_forward_f32", "soft_raster_backward_f32",
+                "soft_raster_forward_f64", "soft_raster_backward_f64")
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
-@pytest.mark.parametrize("source", KERNELS, ids=lambda p: p.name)
-def test_kernel_compiles_with_nvcc(source, tmp_path):
+def test_kernel_compiles_with_nvcc(tmp_path):
     result = subprocess.run(
         ["nvcc", "--std=c++14", "-arch=sm_80", "--ptx", "-o", str(tmp_path / "out.ptx"),
-         str(source)], capture_output=True, text=True)
+         str(KERNEL_SOURCE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     ptx = (tmp_path / "out.ptx").read_text()
-    for name in ("soft_raster_forward_f32", "soft_raster_backward_f32",
-                 "soft_raster_forward_f64", "soft_raster_backward_f64"):
+    for name in ENTRY_POINTS:
         assert f".entry {name}(" in ptx
 
 
@@ -45,22 +54,133 @@ def nvrtc_library():
     return str(found[0]) if found else None
 
 
-@pytest.mark.skipif(nvrtc_library() is None, reason="the nvidia-cuda-nvrtc wheel is missing")
-@pytest.mark.parametrize("source", KERNELS, ids=lambda p: p.name)
-def test_kernel_compiles_with_nvrtc_like_cupy(source):
-    # CuPy's RawModule compiles with NVRTC, which has no host headers: check that too.
+needs_nvrtc = pytest.mark.skipif(nvrtc_library() is None,
+                                 reason="the nvidia-cuda-nvrtc wheel is missing")
+
+
+def nvrtc_compile(source: str) -> str:
+    """PTX for ``source`` compiled by NVRTC with CuPy's options (plus an architecture,
+    which CuPy adds for the device at hand); fails the test with NVRTC's log."""
     lib = ctypes.CDLL(nvrtc_library())
     program = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(program), source.read_bytes(),
-                                  source.name.encode(), 0, None, None) == 0
-    options = (ctypes.c_char_p * 2)(b"--std=c++14", b"--gpu-architecture=compute_80")
-    status = lib.nvrtcCompileProgram(program, 2, options)
+    assert lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(),
+                                  KERNEL_SOURCE.name.encode(), 0, None, None) == 0
+    options = [o.encode() for o in NVRTC_OPTIONS] + [b"--gpu-architecture=compute_80"]
+    status = lib.nvrtcCompileProgram(program, len(options),
+                                     (ctypes.c_char_p * len(options))(*options))
     size = ctypes.c_size_t()
     lib.nvrtcGetProgramLogSize(program, ctypes.byref(size))
     log = ctypes.create_string_buffer(size.value)
     lib.nvrtcGetProgramLog(program, log)
+    ptx = b""
+    if status == 0:
+        lib.nvrtcGetPTXSize(program, ctypes.byref(size))
+        buffer = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetPTX(program, buffer)
+        ptx = buffer.value
     lib.nvrtcDestroyProgram(ctypes.byref(program))
     assert status == 0, log.value.decode()
+    return ptx.decode()
+
+
+@needs_nvrtc
+def test_kernel_compiles_with_nvrtc_like_cupy():
+    # CuPy's RawModule compiles with NVRTC, which has no host headers: check that too.
+    ptx = nvrtc_compile(KERNEL_SOURCE.read_text())
+    for name in ENTRY_POINTS:
+        assert f".entry {name}(" in ptx
+
+
+# The struct both kernels take, as the Python mirror lays it out and as each compiler
+# does. Offsets and sizes are written as addresses counted from 0: constant
+# initialisers that NVRTC (which has no offsetof) accepts and stores in the PTX.
+LAYOUT_SYMBOL = "softras_params_layout"
+LAYOUT_STRUCTS = ((torch.float32, "float"), (torch.float64, "double"))
+
+
+def layout_labels() -> list[str]:
+    return [label for _, c_type in LAYOUT_STRUCTS
+            for label in [f"sizeof(SoftRasParams<{c_type}>)"] + [
+                f"{c_type} {name} {what}" for name, _ in PARAMS_FIELDS
+                for what in ("offset", "size")]]
+
+
+def layout_probe() -> str:
+    """C++ defining ``LAYOUT_SYMBOL``, an array of `layout_labels()`'s numbers."""
+    values = []
+    for _, c_type in LAYOUT_STRUCTS:
+        struct = f"SoftRasParams<{c_type}>"
+        values.append(f"(const char*)0 + sizeof({struct})")
+        for name, _ in PARAMS_FIELDS:
+            values.append(f"(const char*)&(({struct}*)0)->{name}")
+            values.append(f"(const char*)0 + sizeof((({struct}*)0)->{name})")
+    body = ",\n    ".join(values)
+    return f'extern "C" {{\n__device__ const char* {LAYOUT_SYMBOL}[] = {{\n    {body}}};\n}}\n'
+
+
+def mirror_layout() -> dict[str, int]:
+    """`layout_labels()`'s numbers from raster_cuda.params_dtype."""
+    values = []
+    for dtype, _ in LAYOUT_STRUCTS:
+        layout = params_dtype(dtype)
+        values.append(layout.itemsize)
+        for name, _ in PARAMS_FIELDS:
+            field, offset = layout.fields[name][:2]
+            values += [offset, field.itemsize]
+    return dict(zip(layout_labels(), values, strict=True))
+
+
+def host_layout() -> dict[str, int]:
+    """The numbers as the host compiler lays the struct out for the emulation."""
+    if compiler() is None:
+        pytest.skip("no C++ compiler to build the host emulation of the CUDA kernels")
+    labels = layout_labels()
+    values = (ctypes.c_size_t * len(labels)).in_dll(compile_library(layout_probe()),
+                                                     LAYOUT_SYMBOL)
+    return dict(zip(labels, values, strict=True))
+
+
+def nvrtc_layout() -> dict[str, int]:
+    """The numbers as NVRTC lays the struct out for the GPU, read from the PTX."""
+    if nvrtc_library() is None:
+        pytest.skip("the nvidia-cuda-nvrtc wheel is missing")
+    ptx = nvrtc_compile(KERNEL_SOURCE.read_text() + layout_probe())
+    found = re.search(rf"\.u64 {LAYOUT_SYMBOL}\[\d+\] = \{{([^}}]*)\}}", ptx)
+    assert found, f"no initialised {LAYOUT_SYMBOL} in the PTX"
+    values = [int(v) for v in found.group(1).split(",")]
+    return dict(zip(layout_labels(), values, strict=True))
+
+
+@pytest.mark.parametrize("measure", [host_layout, nvrtc_layout], ids=["host", "nvrtc"])
+def test_params_mirror_matches_the_kernels_struct(measure):
+    measured, mirror = measure(), mirror_layout()
+    differences = {k: (mirror[k], measured[k]) for k in mirror if mirror[k] != measured[k]}
+    assert not differences, f"(raster_cuda.PARAMS_FIELDS, compiled) differ: {differences}"
+
+
+def test_params_mirror_leaves_no_gap_for_a_field_it_lacks():
+    # Equal sizes rule out a struct field that PARAMS_FIELDS lacks only where the
+    # layout has no padding it could hide in; the float32 instantiation has none.
+    layout = params_dtype(torch.float32)
+    assert layout.itemsize == sum(layout.fields[name][0].itemsize for name in layout.names)
+
+
+def test_pack_params_takes_every_field_by_name_and_checks_each_tensor():
+    launch = KernelLaunch(torch.device("cpu"), torch.float32, (1, 1, 1), (1, 1, 1))
+    values = {name: None if kind.endswith("*") else 1 for name, kind in PARAMS_FIELDS}
+    screen = torch.ones(2, 3, 3)
+    values.update(face_screen=screen, sigma=0.5, background=(0.1, 0.2, 0.3))
+    params = pack_params(launch, values)
+    assert params["face_screen"][0] == screen.data_ptr() and params["grad_rgba"][0] == 0
+    assert params["sigma"][0] == 0.5 and params["background"][0][2] == pytest.approx(0.3)
+
+    with pytest.raises(ValueError, match=r"missing \['channels'\], unknown \['chanels'\]"):
+        pack_params(launch, {**{k: v for k, v in values.items() if k != "channels"},
+                             "chanels": 4})
+    for name, wrong in [("face_screen", screen.double()), ("face_screen", screen.mT),
+                        ("tile_offsets", torch.zeros(3, dtype=torch.int64))]:
+        with pytest.raises(ValueError, match=f"kernel parameter {name} needs a contiguous"):
+            pack_params(launch, {**values, name: wrong})
 
 
 @pytest.fixture(params=["emulated", pytest.param("gpu", marks=pytest.mark.gpu)])

@@ -125,6 +125,22 @@ def test_face_components_counts_separate_pieces():
     assert len(np.unique(labels)) == 2
 
 
+def test_face_components_label_each_face_with_its_piece():
+    v, f = cube()
+    # Two cubes with an unused vertex index between them, the second listed first.
+    labels = mesh_ops.face_components(np.concatenate([f + 9, f]))
+    assert labels.dtype == np.int64 and labels.shape == (24,)
+    assert len(set(labels[:12])) == 1 and len(set(labels[12:])) == 1
+    assert labels[0] != labels[12]
+    assert len(mesh_ops.face_components(np.zeros((0, 3), dtype=np.int64))) == 0
+
+
+def test_directed_edges_follow_each_faces_winding():
+    faces = np.array([[0, 1, 2], [2, 1, 3]])
+    assert mesh_ops.directed_edges(faces).tolist() == [
+        [0, 1], [2, 1], [1, 2], [1, 3], [2, 0], [3, 2]]
+
+
 def test_sample_surface_lies_on_the_mesh():
     v, f = cube()
     pts = mesh_ops.sample_surface(v, f, 500, seed=3)

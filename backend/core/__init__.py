@@ -4,6 +4,7 @@ Blender's own Python (the add-on) imports these modules, so nothing here may imp
 torch, CuPy, scipy or bpy, nor any other backend sub-package:
 
 - `camera`: Blender's camera model as plain matrices.
+- `camera_files`: cameras from and to COLMAP, transforms.json and Middlebury files.
 - `options`: `FitOptions` and its defaults, shared with the add-on's panel.
 - `protocol`: the wire format between the add-on and the backend process.
 """

@@ -141,6 +141,13 @@ def blender_camera(
     cy = height / 2.0 + shift_y * viewfac / ycor
     intrinsics = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
 
+    return CameraMatrices(intrinsics, world_to_camera(matrix_world), width, height,
+                          camera_type == "ORTHO")
+
+
+def world_to_camera(matrix_world) -> np.ndarray:
+    """The world -> camera pose (4, 4) float64 (x right, y down, z forward) of a Blender
+    camera's ``matrix_world`` (any (4, 4) nested sequence); object scale is ignored."""
     world = np.array(matrix_world, dtype=np.float64)
     if world.size != 16:
         raise ValueError(
@@ -156,8 +163,7 @@ def blender_camera(
     normalized = np.eye(4)
     normalized[:3, :3] = rotation / norms
     normalized[:3, 3] = world[:3, 3]
-    world_to_camera = _BLENDER_TO_CV @ np.linalg.inv(normalized)
-    return CameraMatrices(intrinsics, world_to_camera, width, height, camera_type == "ORTHO")
+    return _BLENDER_TO_CV @ np.linalg.inv(normalized)
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
@@ -188,15 +194,202 @@ def orbit_cameras(
     distance: float,
     target=(0.0, 0.0, 0.0),
     azimuth_offset_deg: float = 0.0,
+    *,
+    step_deg: float | None = None,
+    axis=(0.0, 0.0, 1.0),
+    clockwise: bool = False,
 ) -> list[np.ndarray]:
-    """World matrices (4, 4) of cameras on a sphere around ``target``, looking at it."""
+    """World matrices (4, 4) of cameras on rings around ``target``, looking at it.
+
+    For each elevation (degrees above the plane perpendicular to ``axis``) in turn,
+    ``count_azimuth`` cameras ``step_deg`` apart (default 360 / count: a full ring),
+    the first at ``azimuth_offset_deg``. Azimuth 0 is the world +X direction projected
+    onto that plane (+Y when the axis is X); azimuths turn counter-clockwise seen from
+    the axis' tip unless ``clockwise``. The image's up direction follows ``axis``.
+    """
+    if count_azimuth < 1:
+        raise ValueError(f"the number of views per ring must be at least 1, got {count_azimuth}")
+    if not (np.isfinite(distance) and distance > 0):
+        raise ValueError(f"the camera distance must be positive, got {distance}")
+    up, east, north = _ring_basis(axis)
+    step = 360.0 / count_azimuth if step_deg is None else float(step_deg)
+    sign = -1.0 if clockwise else 1.0
+    target = np.asarray(target, dtype=np.float64)
     mats = []
     for elev in elevations_deg:
+        el = np.radians(elev)
         for i in range(count_azimuth):
-            az = np.radians(azimuth_offset_deg + 360.0 * i / count_azimuth)
-            el = np.radians(elev)
-            eye = np.asarray(target) + distance * np.array(
-                [np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)]
-            )
-            mats.append(look_at(eye, target))
+            az = np.radians(azimuth_offset_deg + sign * step * i)
+            direction = np.cos(el) * (np.cos(az) * east + np.sin(az) * north) + np.sin(el) * up
+            mats.append(look_at(target + distance * direction, target, up=up))
     return mats
+
+
+def _ring_basis(axis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit ``axis`` and two unit vectors completing a right-handed frame (east, north, up).
+
+    East is world +X made perpendicular to the axis (+Y when the axis is along X), so
+    the default Z axis gives east = +X, north = +Y.
+    """
+    up = np.asarray(axis, dtype=np.float64).reshape(3)
+    length = np.linalg.norm(up)
+    if not (np.isfinite(length) and length > 1e-12):
+        raise ValueError(f"the turntable axis must be a non-zero vector, got {tuple(up)}")
+    up = up / length
+    east = np.array([1.0, 0.0, 0.0])
+    if abs(up @ east) > 0.999:
+        east = np.array([0.0, 1.0, 0.0])
+    east = east - (east @ up) * up
+    east /= np.linalg.norm(east)
+    return up, east, np.cross(up, east)
+
+
+def turntable_count(count: int | None, step_deg: float | None) -> int:
+    """Views per ring for a turntable given as a count, a step, or both.
+
+    A step alone gives as many views as fit in one turn (5 degrees: 72 views; a step
+    that does not divide 360 leaves a gap before the first view).
+    """
+    if count is not None:
+        if count < 1:
+            raise ValueError(f"the number of views must be at least 1, got {count}")
+        return int(count)
+    if step_deg is None:
+        raise ValueError("give the number of views or the angle between two views")
+    if not (np.isfinite(step_deg) and 0 < abs(step_deg) <= 360):
+        raise ValueError(f"the angle step must be between 0 and 360 degrees, got {step_deg}")
+    # The tolerance absorbs a step stored as float32 in Blender (45 -> 45.0000012).
+    return max(1, int(np.floor(360.0 / abs(step_deg) + 1e-4)))
+
+
+def field_of_view_to_lens(fov_deg: float, sensor: float = 36.0) -> float:
+    """Focal length in mm for a field of view (degrees) across a sensor of ``sensor`` mm."""
+    if not (np.isfinite(fov_deg) and 0 < fov_deg < 180):
+        raise ValueError(f"the field of view must be between 0 and 180 degrees, got {fov_deg}")
+    return sensor / (2.0 * np.tan(np.radians(fov_deg) / 2.0))
+
+
+# --- the inverse: plain intrinsics and pose -> Blender's settings ---------------------
+
+SENSOR_WIDTH = 36.0  # mm, Blender's default sensor; any value reproduces the same pixels
+SENSOR_HEIGHT = 24.0
+ORTHONORMAL_TOLERANCE = 1e-6
+
+
+def pixel_aspect(fx: float, fy: float) -> tuple[float, float]:
+    """Blender's (pixel_aspect_x, pixel_aspect_y) for focal lengths fx, fy in pixels.
+
+    ``fy / fx = ax / ay`` with both >= 1, as Blender requires.
+    """
+    if not (np.isfinite(fx) and np.isfinite(fy) and fx > 0 and fy > 0):
+        raise ValueError(f"the focal lengths must be positive, got fx={fx}, fy={fy}")
+    return (fy / fx, 1.0) if fy >= fx else (1.0, fx / fy)
+
+
+def blender_settings(camera: CameraMatrices, aspect: float | None = None) -> dict:
+    """Blender camera and render settings that reproduce ``camera``: the inverse of
+    `blender_camera`, whose keyword arguments the returned dict holds.
+
+    camera: K (3, 3) with zero skew and a world -> camera pose (4, 4) whose rotation is
+    orthonormal with determinant +1 (a proper pose, as calibration files give).
+    aspect: the fy / fx to use (default: the camera's own); a scene shares one pixel
+    aspect, so `blender_scene_settings` passes the first camera's to all.
+    The principal point becomes the shift, fx != fy the pixel aspect, and the sensor
+    fit is chosen explicitly (horizontal when ``ax * W >= ay * H``, else vertical).
+    """
+    k = np.asarray(camera.intrinsics, dtype=np.float64)
+    if abs(k[0, 1]) > 1e-9 * abs(k[0, 0]) or np.any(k[2] != [0.0, 0.0, 1.0]) or k[1, 0] != 0:
+        raise ValueError(f"the intrinsics {k.tolist()} are not [[fx, 0, cx], [0, fy, cy], "
+                         "[0, 0, 1]]: Blender cameras have no skew")
+    fx, cx, cy = k[0, 0], k[0, 2], k[1, 2]
+    ax, ay = pixel_aspect(fx, fx * aspect if aspect is not None else k[1, 1])
+    width, height = int(camera.width), int(camera.height)
+    horizontal = ax * width >= ay * height
+    ycor = ay / ax
+    viewfac = float(width) if horizontal else ycor * height
+    sensor = SENSOR_WIDTH if horizontal else SENSOR_HEIGHT
+    _check_representable(width, height, max(ax, ay),
+                         None if camera.orthographic else fx * sensor / viewfac)
+    settings = {
+        "matrix_world": camera_to_world(camera.world_to_camera).tolist(),
+        "resolution_x": width,
+        "resolution_y": height,
+        "resolution_percentage": 100,
+        "lens": fx * sensor / viewfac if not camera.orthographic else 50.0,
+        "sensor_width": SENSOR_WIDTH,
+        "sensor_height": SENSOR_HEIGHT,
+        "sensor_fit": "HORIZONTAL" if horizontal else "VERTICAL",
+        "shift_x": (width / 2.0 - cx) / viewfac,
+        "shift_y": (cy - height / 2.0) * ycor / viewfac,
+        "pixel_aspect_x": ax,
+        "pixel_aspect_y": ay,
+        "camera_type": "ORTHO" if camera.orthographic else "PERSP",
+        "ortho_scale": viewfac / fx if camera.orthographic else 6.0,
+    }
+    return settings
+
+
+def _check_representable(width: int, height: int, aspect: float, lens: float | None) -> None:
+    """Blender's limits: images of 4 to 65536 pixels a side, pixel aspect at most 200,
+    focal length at least 1 mm."""
+    if not (4 <= width <= 65536 and 4 <= height <= 65536):
+        raise ValueError(f"the image is {width}x{height} pixels: Blender renders 4 to 65536 "
+                         "pixels a side")
+    if aspect > 200:
+        raise ValueError(f"fy/fx is {aspect:.4g} (or its inverse): Blender's pixel aspect "
+                         "goes up to 200")
+    if lens is not None and lens < 1.0:
+        raise ValueError(f"the focal length is {lens:.3g} mm on a 36 mm sensor (a field of "
+                         "view over 172 degrees): Blender's lenses start at 1 mm")
+
+
+def camera_to_world(world_to_camera) -> np.ndarray:
+    """Blender's ``matrix_world`` (4, 4) for an OpenCV world -> camera pose (4, 4) [R | t].
+
+    ``matrix_world = inverse(diag(1, -1, -1, 1) @ [R t; 0 1])``. Raises ValueError when
+    R is not a rotation (not orthonormal within 1e-6, or a reflection).
+    """
+    pose = np.asarray(world_to_camera, dtype=np.float64).reshape(4, 4)
+    rotation = pose[:3, :3]
+    error = np.abs(rotation.T @ rotation - np.eye(3)).max()
+    if not np.all(np.isfinite(pose)) or error > ORTHONORMAL_TOLERANCE:
+        raise ValueError(f"the camera rotation is not orthonormal (R^T R differs from the "
+                         f"identity by {error:.3g}): the file's pose is not a rigid motion")
+    if np.linalg.det(rotation) < 0:
+        raise ValueError("the camera rotation is a reflection (determinant -1): the file "
+                         "uses a left-handed camera, which Blender cannot represent")
+    world = np.eye(4)
+    world[:3, :3] = rotation.T @ _BLENDER_TO_CV[:3, :3]
+    world[:3, 3] = -rotation.T @ pose[:3, 3]
+    return world
+
+
+def blender_scene_settings(cameras, tolerance_px: float = 0.01, names=None) -> list[dict]:
+    """`blender_settings` for cameras that must share one Blender scene.
+
+    A scene has one resolution and one pixel aspect: every camera must have the same
+    image size, and fy / fx may differ from the first camera's only by as little as
+    moves no pixel of the frame by more than ``tolerance_px``. Raises ValueError naming
+    (by ``names``, default their indices) the first camera that breaks either rule.
+    """
+    cameras = list(cameras)
+    if not cameras:
+        raise ValueError("there are no cameras to convert")
+    names = [str(i) for i in range(len(cameras))] if names is None else list(names)
+    first, first_name = cameras[0], names[0]
+    ratio = first.intrinsics[1, 1] / first.intrinsics[0, 0]
+    for i, cam in enumerate(cameras):
+        if (cam.width, cam.height) != (first.width, first.height):
+            raise ValueError(f"camera {names[i]} is {cam.width}x{cam.height} pixels but camera "
+                             f"{first_name} is {first.width}x{first.height}: the images must "
+                             "all have one size, since a Blender scene renders one size")
+        k = cam.intrinsics
+        reach = max(k[1, 2], cam.height - k[1, 2]) / k[1, 1]  # |y/z| at the frame's edge
+        drift = abs(k[0, 0] * ratio - k[1, 1]) * reach
+        if drift > tolerance_px:
+            raise ValueError(
+                f"camera {names[i]} has fy/fx = {k[1, 1] / k[0, 0]:.6f} but camera {first_name} "
+                f"has {ratio:.6f}; "
+                f"one pixel aspect for both would move pixels by up to {drift:.3g} px: a "
+                "Blender scene has one pixel aspect, so calibrate with a shared one")
+    return [blender_settings(cam, aspect=ratio) for cam in cameras]

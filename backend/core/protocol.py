@@ -1,8 +1,9 @@
 """The wire format between the Blender add-on and the backend process.
 
 Standard library and numpy only (no torch, no bpy): Blender's Python and the
-backend both import this one module. The full specification, with every message,
-is in docs/protocol.md; in short, a frame is::
+backend both import this one module. It frames messages; `backend.core.messages`
+builds and parses them. The full specification, with every message, is in
+docs/protocol.md; in short, a frame is::
 
     offset  size  field
     0       4     magic b"SRBF"
@@ -32,6 +33,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .messages import MESSAGE_FIELDS
+
 PROTOCOL_VERSION = 1
 MAGIC = b"SRBF"
 _PREFIX = struct.Struct("<4sHHIQ")
@@ -48,23 +51,6 @@ MAX_DEPTH = 32
 ALLOWED_DTYPES = frozenset(
     ["|b1", "|u1", "|i1", "<u2", "<i2", "<f2", "<u4", "<i4", "<f4", "<u8", "<i8", "<f8"]
 )
-
-# Every message type and the fields it must carry (more fields are allowed).
-MESSAGE_FIELDS: dict[str, tuple[str, ...]] = {
-    # backend -> client
-    "hello": ("protocol", "backend_version", "python", "torch", "cupy", "device",
-              "cuda_available", "gpu_name", "pid"),
-    "progress": ("fit_id", "iteration", "iterations", "losses", "mean_iou", "view_iou",
-                 "elapsed"),
-    "vertices": ("fit_id", "iteration", "vertices", "faces"),
-    "done": ("fit_id", "status", "vertices", "faces", "colors", "metrics", "message"),
-    "error": ("fit_id", "message", "kind", "fatal"),
-    "heartbeat": ("busy", "fit_id", "uptime"),
-    # client -> backend
-    "start_fit": ("fit_id", "vertices", "faces", "views", "options"),
-    "cancel": ("fit_id",),
-    "shutdown": (),
-}
 
 _ARRAY_KEY = "$array"
 

@@ -3,13 +3,15 @@
 Silhouette and colour terms compare renders with target images; the geometric
 regularisers only look at the mesh. Geometric terms are averages (over vertices or
 edges), so their weights hold across mesh resolutions; lengths are in the fitter's
-normalised frame (the object about one unit across).
+normalised frame (the object about one unit across). Rows are picked with
+`gather_faces` (index_select), whose backward pass is deterministic on the CPU.
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..render.screen_space import gather_faces
 from .mesh_ops import EdgeAdjacency
 
 
@@ -72,8 +74,8 @@ def flatten_loss(vertices: torch.Tensor, adjacency: EdgeAdjacency) -> torch.Tens
     device = vertices.device
     edge = torch.as_tensor(adjacency.edge, device=device)
     opposite = torch.as_tensor(adjacency.opposite, device=device)
-    v0, v1 = _take(vertices, edge[:, 0]), _take(vertices, edge[:, 1])
-    a, b = _take(vertices, opposite[:, 0]), _take(vertices, opposite[:, 1])
+    v0, v1 = gather_faces(vertices, edge[:, 0]), gather_faces(vertices, edge[:, 1])
+    a, b = gather_faces(vertices, opposite[:, 0]), gather_faces(vertices, opposite[:, 1])
     axis = v1 - v0
     axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -92,7 +94,7 @@ def edge_length_loss(vertices: torch.Tensor, edges: torch.Tensor,
 
     edges: (E, 2) int64; target_length > 0 (the initial mesh's mean edge length).
     """
-    length = (_take(vertices, edges[:, 0]) - _take(vertices, edges[:, 1])).norm(dim=1)
+    length = (gather_faces(vertices, edges[:, 0]) - gather_faces(vertices, edges[:, 1])).norm(dim=1)
     return (((length - target_length) / target_length) ** 2).mean()
 
 
@@ -102,14 +104,10 @@ def normal_consistency_loss(vertices: torch.Tensor, faces: torch.Tensor,
     (0 for a flat pair, 2 for a pair folded flat onto itself)."""
     if len(adjacency.edge) == 0:
         return vertices.sum() * 0.0
-    a, b, c = (_take(vertices, faces[:, k]) for k in range(3))
+    a, b, c = (gather_faces(vertices, faces[:, k]) for k in range(3))
     normals = torch.cross(b - a, c - a, dim=1)
     normals = normals / normals.norm(dim=1, keepdim=True).clamp_min(1e-12)
     pair = torch.as_tensor(adjacency.face_pair, device=vertices.device)
-    return (1.0 - (_take(normals, pair[:, 0]) * _take(normals, pair[:, 1])).sum(dim=1)).mean()
+    cosine = (gather_faces(normals, pair[:, 0]) * gather_faces(normals, pair[:, 1])).sum(dim=1)
+    return (1.0 - cosine).mean()
 
-
-def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """Rows of x; index_select's backward accumulates in a fixed order on the CPU, unlike
-    advanced indexing's (run-to-run identical gradients with several threads)."""
-    return x.index_select(0, torch.as_tensor(index, device=x.device))

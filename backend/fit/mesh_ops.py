@@ -1,8 +1,8 @@
 """Triangle-mesh helpers for the fitter: connectivity, Laplacian, subdivision, repair.
 
 Meshes are vertices (V, 3) float and faces (F, 3) integer vertex indices, faces
-counter-clockwise seen from outside. Connectivity is computed with numpy (once per
-topology); anything the optimiser differentiates through is torch.
+counter-clockwise seen from outside. Connectivity is computed with numpy and scipy (once
+per topology); anything the optimiser differentiates through is torch.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 
 def as_triangles(faces) -> tuple[np.ndarray, int]:
@@ -62,11 +64,25 @@ def _fan(polygons: np.ndarray) -> np.ndarray:
     return np.stack(tris, axis=1).reshape(-1, 3)
 
 
+def directed_edges(faces: np.ndarray) -> np.ndarray:
+    """Every face's three edges in its winding order, (3F, 2) int64: rows [0, F) are the
+    edges (a, b), then [F, 2F) the edges (b, c), then [2F, 3F) the edges (c, a)."""
+    faces = np.asarray(faces, dtype=np.int64)
+    return np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+
+
+def _undirected(directed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Directed edges (N, 2) as undirected ones: each with the smaller index first (N, 2),
+    its index (N,) among the unique undirected edges, and how many of the N are each of
+    those (U,)."""
+    key = np.sort(directed, axis=1)
+    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    return key, inverse.reshape(-1), counts
+
+
 def edges(faces: np.ndarray) -> np.ndarray:
     """Unique undirected edges (E, 2) int64, each with the smaller index first, sorted."""
-    faces = np.asarray(faces, dtype=np.int64)
-    e = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    return np.unique(np.sort(e, axis=1), axis=0)
+    return np.unique(np.sort(directed_edges(faces), axis=1), axis=0)
 
 
 @dataclass(frozen=True)
@@ -87,12 +103,9 @@ def edge_adjacency(faces: np.ndarray) -> EdgeAdjacency:
     """The two faces around every edge that has exactly two (manifold interior edges)."""
     faces = np.asarray(faces, dtype=np.int64)
     F = len(faces)
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
     opposite = np.concatenate([faces[:, 2], faces[:, 0], faces[:, 1]])
     face_id = np.tile(np.arange(F), 3)
-    key = np.sort(directed, axis=1)
-    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
+    key, inverse, counts = _undirected(directed_edges(faces))
     keep = counts[inverse] == 2
     order = np.argsort(inverse[keep], kind="stable")
     idx = np.nonzero(keep)[0][order].reshape(-1, 2)
@@ -211,10 +224,8 @@ def check_mesh(faces: np.ndarray) -> MeshReport:
     faces = np.asarray(faces, dtype=np.int64)
     if len(faces) == 0:
         return MeshReport()
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    key = np.sort(directed, axis=1)
-    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
+    directed = directed_edges(faces)
+    _, inverse, counts = _undirected(directed)
     # A consistently oriented interior edge is used once in each direction.
     forward = (directed[:, 0] < directed[:, 1]).astype(np.int64)
     n_forward = np.bincount(inverse, weights=forward, minlength=len(counts))
@@ -229,26 +240,16 @@ def check_mesh(faces: np.ndarray) -> MeshReport:
 
 
 def face_components(faces: np.ndarray) -> np.ndarray:
-    """Connected-component label (F,) int64 of every face (faces sharing a vertex connect)."""
+    """Connected-component label (F,) int64 of every face (faces sharing a vertex connect);
+    labels are 0, 1, ... in no particular order."""
     faces = np.asarray(faces, dtype=np.int64)
-    n = int(faces.max()) + 1 if len(faces) else 0
-    parent = np.arange(n)
-
-    def find(x):
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    # Vectorised label propagation would need scipy; a union-find over edges is O(E).
-    for a, b in np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]]):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(x) for x in range(n)])
-    return roots[faces[:, 0]]
+    if len(faces) == 0:
+        return np.zeros(0, dtype=np.int64)
+    n = int(faces.max()) + 1
+    e = directed_edges(faces)
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return labels[faces[:, 0]].astype(np.int64)
 
 
 @dataclass
@@ -353,10 +354,8 @@ def orient_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
     signed = np.einsum("ij,ij->i", tri[:, 0], np.cross(tri[:, 1], tri[:, 2]))
     volume = np.bincount(labels, weights=signed, minlength=component)
     closed = np.ones(component, dtype=bool)
-    directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    _, inverse, counts = np.unique(np.sort(directed, axis=1), axis=0, return_inverse=True,
-                                   return_counts=True)
-    open_edge = counts[inverse.reshape(-1)] != 2
+    _, inverse, counts = _undirected(directed_edges(faces))
+    open_edge = counts[inverse] != 2
     # Only closed components have an inside; open ones keep the orientation found above.
     closed[np.unique(np.tile(labels, 3)[open_edge])] = False
     flip ^= (closed & (volume < 0))[labels]

@@ -26,10 +26,8 @@ from collections import deque
 from importlib import import_module
 from typing import BinaryIO
 
-import numpy as np
-
 from .. import __version__
-from ..core.camera import CameraMatrices
+from ..core import messages, threads
 from ..core.protocol import (
     PROTOCOL_VERSION,
     MessageError,
@@ -38,12 +36,9 @@ from ..core.protocol import (
     read_frame,
     write_chunks,
 )
+from .exit_codes import EXIT_OK, EXIT_PROTOCOL_ERROR, EXIT_STARTUP_ERROR
 
 log = logging.getLogger("backend.process.service")
-
-EXIT_OK = 0
-EXIT_PROTOCOL_ERROR = 2
-EXIT_STARTUP_ERROR = 3  # missing or broken dependencies: nothing was fitted
 
 
 class Outbox:
@@ -51,7 +46,8 @@ class Outbox:
 
     Control messages keep their order; progress and vertices are one-slot
     mailboxes (latest wins). A vertices message that replaces an unsent one
-    inherits its faces when it has none, so a topology change is never lost.
+    inherits its faces when it has none (`messages.newest_vertices`), so a topology
+    change is never lost.
     """
 
     def __init__(self, max_vertex_rate: float, heartbeat_interval: float, heartbeat):
@@ -83,13 +79,9 @@ class Outbox:
 
     def post_vertices(self, message: dict) -> None:
         with self._cond:
-            old = self._vertices
-            if old is not None:
+            if self._vertices is not None:
                 self.replaced_vertices += 1
-                if message.get("faces") is None and old.get("faces") is not None \
-                        and old["fit_id"] == message["fit_id"]:
-                    message = {**message, "faces": old["faces"]}
-            self._vertices = message
+            self._vertices = messages.newest_vertices(self._vertices, message)
             self._cond.notify()
 
     def finish(self, message: dict) -> None:
@@ -197,7 +189,7 @@ class Service:
             hello = backend_info(self._fitting)
         except Exception as exc:  # an installed but broken torch/CuPy, a bad CUDA driver...
             log.exception("backend start-up failed")
-            self.outbox.send(error_message(
+            self.outbox.send(messages.error(
                 None, f"The backend could not start: {type(exc).__name__}: {exc}. "
                 "Check that torch (and CuPy, for the GPU) import in the backend's Python.",
                 kind="startup", fatal=True))
@@ -212,12 +204,12 @@ class Service:
                 message = read_frame(self._reader)
             except MessageError as exc:  # the frame was read whole: the stream is in sync
                 log.warning("rejected a message: %s", exc)
-                self.outbox.send(error_message(None, f"bad message from the client: {exc}",
-                                               kind="protocol", fatal=False))
+                self.outbox.send(messages.error(None, f"bad message from the client: {exc}",
+                                                kind="protocol", fatal=False))
                 continue
             except ProtocolError as exc:
                 log.error("protocol error, shutting down: %s", exc)
-                self.outbox.send(error_message(
+                self.outbox.send(messages.error(
                     None, f"The backend received a broken frame and stopped: {exc}",
                     kind="protocol", fatal=True))
                 return EXIT_PROTOCOL_ERROR
@@ -233,7 +225,7 @@ class Service:
                 log.info("shutdown requested")
                 return EXIT_OK
             else:
-                self.outbox.send(error_message(
+                self.outbox.send(messages.error(
                     None, f"the backend does not accept {kind!r} messages", kind="protocol",
                     fatal=False))
 
@@ -249,22 +241,21 @@ class Service:
         fit_id = message["fit_id"]
         if self._worker is not None:
             if not self._finished.is_set():
-                self.outbox.send(error_message(
+                self.outbox.send(messages.error(
                     fit_id, f"fit {self._fit_id} is still running: cancel it and wait for its "
                     "'done' message before starting another", kind="busy", fatal=False))
                 return
             self._worker.join()  # it has sent its last message and is exiting
         fitting = self._fitting
         try:
-            views = [_parse_view(fitting, i, v) for i, v in enumerate(message["views"])]
-            options = fitting.FitOptions.from_dict(dict(message["options"] or {}))
+            request = messages.parse_start_fit(message)
+            options = fitting.FitOptions.from_dict(request.options)
             fitting.resolve_device(options.device)
-            vertices = _optional_array(message["vertices"], "vertices")
-            faces = _optional_array(message["faces"], "faces")
-        except (ValueError, KeyError, TypeError) as exc:
-            text = str(exc) if isinstance(exc, ValueError) else f"malformed fit request: {exc!r}"
-            self.outbox.send(error_message(fit_id, text, kind="fit", fatal=False))
+        except ValueError as exc:
+            self.outbox.send(messages.error(fit_id, str(exc), kind="fit", fatal=False))
             return
+        views = [fitting.View(v.camera, v.image, v.name, v.held_out) for v in request.views]
+        vertices, faces = request.vertices, request.faces
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._fit_id = fit_id
@@ -296,14 +287,10 @@ class Service:
         def on_progress(p) -> None:
             start = time.perf_counter()
             self._iteration = p.iteration
-            self.outbox.post_progress(progress_message(fit_id, p))
+            self.outbox.post_progress(messages.progress(fit_id, p))
             if p.vertices is not None:
-                self.outbox.post_vertices({
-                    "type": "vertices", "fit_id": fit_id, "iteration": int(p.iteration),
-                    # Copies: the fit keeps updating its own buffers in place.
-                    "vertices": np.array(p.vertices, dtype=np.float32),
-                    "faces": None if p.faces is None else np.array(p.faces, dtype=np.int32),
-                })
+                self.outbox.post_vertices(messages.vertices(fit_id, p.iteration, p.vertices,
+                                                            p.faces))
             with self._stats_lock:
                 self._stats["post_seconds"] += time.perf_counter() - start
 
@@ -311,13 +298,13 @@ class Service:
             result = fitting.fit(views, vertices, faces, options, on_progress=on_progress,
                                  should_stop=stop.is_set)
             log.info("fit %s %s after %d iterations", fit_id, result.status, result.iterations)
-            return done_message(fit_id, result)
+            return messages.done(fit_id, result)
         except fitting.FitError as exc:
             log.info("fit %s rejected: %s", fit_id, exc)
-            return error_message(fit_id, str(exc), kind="fit", fatal=False)
+            return messages.error(fit_id, str(exc), kind="fit", fatal=False)
         except Exception as exc:
             log.exception("fit %s failed", fit_id)
-            return error_message(
+            return messages.error(
                 fit_id, f"The fit failed: {type(exc).__name__}: {exc} (the backend log has the "
                 "details)", kind="internal", fatal=False)
 
@@ -334,7 +321,7 @@ class Service:
                     chunks = frame_chunks(message)
                 except ProtocolError as exc:  # a result the wire cannot carry: a bug here
                     log.error("cannot encode a %r message: %s", message["type"], exc)
-                    chunks = frame_chunks(error_message(
+                    chunks = frame_chunks(messages.error(
                         message.get("fit_id"), f"The backend could not send its "
                         f"{message['type']!r} message: {exc}", kind="internal", fatal=False))
                 try:
@@ -353,9 +340,8 @@ class Service:
 
     def _heartbeat(self) -> dict:
         worker = self._worker
-        return {"type": "heartbeat", "busy": worker is not None and worker.is_alive(),
-                "fit_id": self._fit_id, "iteration": self._iteration,
-                "uptime": time.monotonic() - self._started}
+        return messages.heartbeat(worker is not None and worker.is_alive(), self._fit_id,
+                                  self._iteration, time.monotonic() - self._started)
 
 
 def warm_up(device: str) -> None:
@@ -399,69 +385,10 @@ def backend_info(fitting) -> dict:
         "cuda_available": cuda,
         "gpu_name": torch.cuda.get_device_name(0) if cuda else None,
         "pid": os.getpid(),
+        "threads": threads.in_effect(torch.get_num_threads()),
     }
-
-
-def progress_message(fit_id, p) -> dict:
-    """A `backend.fit.fitting.Progress` as a progress message (its vertices go separately)."""
-    return {
-        "type": "progress", "fit_id": fit_id, "iteration": int(p.iteration),
-        "iterations": int(p.iterations),
-        "losses": {str(k): float(v) for k, v in p.losses.items()},
-        "mean_iou": float(p.mean_iou), "view_iou": [float(x) for x in p.view_iou],
-        "elapsed": float(p.elapsed),
-    }
-
-
-def done_message(fit_id, r) -> dict:
-    """A `backend.fit.fitting.FitResult` as a done message."""
-    return {
-        "type": "done", "fit_id": fit_id, "status": r.status, "message": r.message,
-        "vertices": np.asarray(r.vertices, dtype=np.float32),
-        "faces": np.asarray(r.faces, dtype=np.int32),
-        "colors": None if r.colors is None else np.asarray(r.colors, dtype=np.float32),
-        "topology_changed": bool(r.topology_changed),
-        "metrics": {
-            "fit_iou": dict(r.fit_iou),
-            "heldout_iou": dict(r.heldout_iou),
-            "mean_fit_iou": float(r.mean_fit_iou),
-            "loss_history": list(r.loss_history),
-            "timing": dict(r.timing),
-            "iterations": int(r.iterations),
-            "device": str(r.device),
-        },
-    }
-
-
-def error_message(fit_id, text: str, kind: str, fatal: bool) -> dict:
-    """kind: "fit" (bad input, fix and retry), "busy", "internal", "protocol", "startup",
-    "missing_dependency". fatal: the backend exits after sending it."""
-    return {"type": "error", "fit_id": fit_id, "message": text, "kind": kind, "fatal": fatal}
 
 
 def _new_stats() -> dict:
     return {"frames": 0, "vertex_frames": 0, "bytes": 0, "write_seconds": 0.0,
             "post_seconds": 0.0}
-
-
-def _parse_view(fitting, index: int, view: dict):
-    if not isinstance(view, dict):
-        raise ValueError(f"view {index} must be an object with camera and image")
-    image = view.get("image")
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"view {index} ({view.get('name', '')!r}) has no image array")
-    if image.dtype == np.uint8:
-        image = image.astype(np.float32) / 255.0
-    elif image.dtype.kind == "f":
-        image = image.astype(np.float32, copy=False)
-    else:
-        raise ValueError(f"view {index}'s image has dtype {image.dtype}: send float32 in [0, 1] "
-                         "or uint8")
-    return fitting.View(camera=CameraMatrices.from_dict(view["camera"]), image=image,
-                        name=str(view.get("name", "")), held_out=bool(view.get("held_out", False)))
-
-
-def _optional_array(value, name: str):
-    if value is None or isinstance(value, np.ndarray):
-        return value
-    raise ValueError(f"{name} must be an array or null, got {type(value).__name__}")

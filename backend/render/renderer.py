@@ -15,7 +15,6 @@ distance d (pixels) outside a triangle gets D = sigmoid(-d^2 / sigma).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,67 +22,12 @@ import numpy as np
 import torch
 
 from ..core.camera import CameraMatrices
+from .raster_cpu import rasterize_cpu
+from .raster_cuda import rasterize_cuda
+from .screen_space import ScreenFaces, gather_faces, screen_faces
+from .settings import Lighting, RenderSettings
 
 BACKENDS = ("auto", "cpu", "cuda", "cuda-naive")
-
-# A face whose projected (doubled) area is below this many square pixels is skipped:
-# its barycentrics are undefined and it covers less than a millionth of a pixel.
-MIN_SCREEN_AREA = 1e-6
-
-
-@dataclass(frozen=True)
-class Lighting:
-    """SoftRas' simple lighting: ambient plus one directional light (world space).
-
-    Colours are multiplied by ``ambient * ambient_color + directional *
-    directional_color * max(0, n . direction)``, n the face's unit normal.
-    """
-
-    ambient: float = 0.5
-    ambient_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    directional: float = 0.5
-    directional_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    direction: tuple[float, float, float] = (0.0, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class RenderSettings:
-    """Soft rasterization parameters.
-
-    sigma: edge softness in squared pixels (see module docstring).
-    gamma: colour aggregation temperature on normalised depth (smaller = sharper z-test).
-    background_depth: eps, the background's normalised depth in the colour softmax.
-    near, far: view-depth range; a face with a vertex outside it is skipped.
-    background_color: RGB of the background.
-    double_sided: False skips faces whose front (counter-clockwise side) looks away.
-    cutoff: a face is skipped at a pixel exactly when its D is below this.
-    lighting: None for unlit colours.
-    """
-
-    sigma: float = 0.1
-    gamma: float = 1e-4
-    background_depth: float = 1e-3
-    near: float = 0.1
-    far: float = 100.0
-    background_color: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    double_sided: bool = True
-    cutoff: float = 1e-4
-    lighting: Lighting | None = None
-
-    def __post_init__(self):
-        if not self.sigma > 0:
-            raise ValueError(f"sigma must be positive, got {self.sigma}")
-        if not self.gamma > 0:
-            raise ValueError(f"gamma must be positive, got {self.gamma}")
-        if not 0 < self.near < self.far:
-            raise ValueError(f"need 0 < near < far, got near={self.near}, far={self.far}")
-        if not 0 < self.cutoff < 0.5:
-            raise ValueError(f"cutoff must be in (0, 0.5), got {self.cutoff}")
-
-    @property
-    def cutoff_distance(self) -> float:
-        """Pixels beyond a triangle's edge where D falls to the cutoff."""
-        return math.sqrt(self.sigma * math.log(1.0 / self.cutoff - 1.0))
 
 
 @dataclass
@@ -136,6 +80,16 @@ class Cameras:
             self.height,
             list(self.names),
         )
+
+    def select(self, rows: slice | Sequence[int]) -> Cameras:
+        """The cameras at ``rows`` (a slice, or batch indices in the order wanted)."""
+        if isinstance(rows, slice):
+            names = self.names[rows]
+        else:
+            names = [self.names[r] for r in rows] if self.names else []
+            rows = torch.as_tensor(rows, dtype=torch.long, device=self.intrinsics.device)
+        return Cameras(self.intrinsics[rows], self.world_to_camera[rows], self.orthographic[rows],
+                       self.width, self.height, names)
 
 
 def render(
@@ -194,12 +148,8 @@ def _rasterize(vertices, faces, cameras, colors, settings, backend):
         face_colors = face_colors.unsqueeze(0).expand(B, -1, -1, -1)
 
     if impl == "cpu":
-        from .raster_cpu import rasterize_cpu
-
         return rasterize_cpu(face_screen, face_colors, face_valid, cameras.orthographic,
                              W, H, settings)
-    from .raster_cuda import rasterize_cuda
-
     return rasterize_cuda(face_screen, face_colors, face_valid, cameras.orthographic, W, H,
                           settings, binned=impl == "cuda")
 
@@ -282,43 +232,9 @@ def project_points(points: torch.Tensor, cameras: Cameras) -> torch.Tensor:
 
 def project_faces(
     vertices: torch.Tensor, faces: torch.Tensor, cameras: Cameras, settings: RenderSettings
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Screen-space faces and which of them each camera rasterizes.
-
-    Returns face_screen (B, F, 3, 3) [u, v, z] per corner, and face_valid (B, F) bool:
-    False for faces with a corner outside [near, far] (behind the camera included),
-    projected area under `MIN_SCREEN_AREA`, or back-facing when not double-sided.
-    """
-    screen = project_points(vertices, cameras)  # (B, V, 3)
-    face_screen = gather_faces(screen, faces, dim=1)  # (B, F, 3, 3)
-    with torch.no_grad():
-        z = face_screen[..., 2]
-        valid = ((z >= settings.near) & (z <= settings.far)).all(dim=-1)
-        area2 = signed_area2(face_screen)
-        valid &= area2.abs() > MIN_SCREEN_AREA
-        if not settings.double_sided:
-            # With v pointing down, a counter-clockwise (front) face has negative area.
-            valid &= area2 < 0
-    return face_screen, valid
-
-
-def gather_faces(values: torch.Tensor, faces: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Per-corner values of every face: values (..., V, C) -> (..., F, 3, C) along ``dim``.
-
-    Same as ``values[faces]`` (dim 0), but its backward pass is an index_add, which
-    is deterministic on the CPU; advanced indexing's accumulate is not with several
-    threads, and that made fits differ from run to run.
-    """
-    picked = values.index_select(dim, faces.reshape(-1))
-    return picked.unflatten(dim, (faces.shape[0], 3))
-
-
-def signed_area2(face_screen: torch.Tensor) -> torch.Tensor:
-    """Twice the signed area of screen triangles (..., 3, >=2) -> (...)."""
-    a, b, c = face_screen[..., 0, :2], face_screen[..., 1, :2], face_screen[..., 2, :2]
-    return (b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (
-        c[..., 0] - a[..., 0]
-    )
+) -> ScreenFaces:
+    """Screen-space faces and which of them each camera rasterizes (see `ScreenFaces`)."""
+    return screen_faces(project_points(vertices, cameras), faces, settings)
 
 
 def face_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:

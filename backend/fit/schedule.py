@@ -1,0 +1,103 @@
+"""What each iteration of the fit does: its resolution level, edge softness, learning
+rate and topology change (`Schedule`), and which views it renders (`ViewSampler`).
+
+Coarse to fine: the first ``coarse_fraction`` of the iterations render downsampled
+images, the resolution doubling level by level up to full size; sigma falls
+geometrically from ``sigma_start`` to ``sigma_end`` over the first
+``sharpen_fraction``; the learning rate decays exponentially to ``lr_final`` times
+its start. See `FitOptions`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.options import FitOptions
+
+# The coarsest level's longer image side, in pixels: smaller images show too little.
+MIN_LEVEL_SIDE = 32
+
+
+@dataclass(frozen=True)
+class Step:
+    """One iteration's settings.
+
+    level: index into `Schedule.levels`; resolution: that level's image scale (0, 1];
+    sigma: edge softness in squared pixels of the rendered image; lr_factor: the
+    learning rates' multiplier (1 at the start); subdivide: split every face in four
+    before this iteration.
+    """
+
+    iteration: int
+    level: int
+    resolution: float
+    sigma: float
+    lr_factor: float
+    subdivide: bool
+
+
+class Schedule:
+    """The fit's plan, asked once per iteration: ``schedule.at(iteration)``."""
+
+    def __init__(self, options: FitOptions, smallest_side: int):
+        """smallest_side: the smallest training view's longer side, in pixels."""
+        self.options = options
+        self.levels = resolution_levels(options, smallest_side)
+        self.subdivide_at = sorted({int(round(f * options.iterations))
+                                    for f in options.subdivide_at})
+
+    def at(self, iteration: int) -> Step:
+        """The settings of a 0-based iteration."""
+        options = self.options
+        level = _level_at(iteration, options, len(self.levels))
+        decay = options.lr_final ** (iteration / max(options.iterations - 1, 1))
+        return Step(iteration, level, self.levels[level], _sigma_at(iteration, options), decay,
+                    iteration in self.subdivide_at)
+
+
+def resolution_levels(options: FitOptions, smallest_side: int) -> list[float]:
+    """Resolution scales from coarse to full (1.0), halving; none below MIN_LEVEL_SIDE px."""
+    start = max(options.resolution_start, min(1.0, MIN_LEVEL_SIDE / smallest_side))
+    levels = [1.0]
+    if options.coarse_fraction > 0:
+        while levels[0] / 2 >= start * 0.999:
+            levels.insert(0, levels[0] / 2)
+        if levels[0] > start * 1.001:
+            levels.insert(0, start)
+    return levels
+
+
+def _level_at(iteration: int, options: FitOptions, n_levels: int) -> int:
+    """Index of the resolution level for a 0-based iteration."""
+    if n_levels == 1:
+        return 0
+    coarse_iters = options.coarse_fraction * options.iterations
+    if iteration >= coarse_iters:
+        return n_levels - 1
+    return min(int(iteration / coarse_iters * (n_levels - 1)), n_levels - 2)
+
+
+def _sigma_at(iteration: int, options: FitOptions) -> float:
+    span = options.sharpen_fraction * options.iterations
+    t = 1.0 if span <= 0 else min(iteration / span, 1.0)
+    return options.sigma_start * (options.sigma_end / options.sigma_start) ** t
+
+
+class ViewSampler:
+    """Which training views each iteration renders: ``per_step`` at a time, going through
+    random permutations of all of them (seeded, so a fit is repeatable)."""
+
+    def __init__(self, train_idx: list[int], per_step: int, seed: int):
+        self.train_idx = train_idx
+        self.per_step = min(per_step, len(train_idx))
+        self._rng = np.random.default_rng(seed)
+        self._order: list[int] = []
+
+    def next(self) -> list[int]:
+        """The next iteration's view indices."""
+        if len(self._order) < self.per_step:
+            self._order += [self.train_idx[k] for k in self._rng.permutation(len(self.train_idx))]
+        chosen, self._order = self._order[:self.per_step], self._order[self.per_step:]
+        return chosen
