@@ -5,7 +5,8 @@ writes to file descriptor 1, a stray print or a C library, is redirected to stde
 It never opens a network port. Before anything heavy is imported it checks that
 this Python has what the backend needs, and otherwise says exactly what is missing
 and how to install it (stderr, plus an error frame when numpy is there to write one),
-then exits with code 3.
+then exits with code 3. Before that it chooses its CPU threading (``--threads``, see
+backend/core/threads.py), which must happen before torch is imported.
 
 Written to run (and fail clearly) on older Pythons too: no 3.10+ syntax here.
 """

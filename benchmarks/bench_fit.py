@@ -1,22 +1,35 @@
-"""Fitting benchmark: quality and speed of `backend.fit.fitting.fit` against Cycles renders.
+"""Fitting benchmark: quality and speed of `backend.fit.fitting.fit` from any start.
 
-    python benchmarks/bench_fit.py [--models suzanne spot] [--sizes 128x128 320x240]
-                                   [--set iterations=200 ...] [--picture docs/fit_silhouettes.png]
+    python benchmarks/bench_fit.py [--targets suzanne spot torus table]
+        [--starts cube uv_sphere icosphere hull sphere] [--sizes 128x128 320x240]
+        [--set iterations=200 ...] [--picture docs/fit_shaded.png] [--large]
 
-For each model (Suzanne subdivided twice, the Spot cow) and image size, Blender's
+Targets and starts come from `devtools.fit_targets`: Suzanne, the Spot cow, an upright
+torus (a through-hole) and a table with thin legs; starts are Blender's default cube
+(12 triangles), a UV sphere 32x16, an icosphere of 320 faces, all at the origin as the
+Add menu places them (not aligned to the target; ``--set align_initial=true`` asks the
+fitter to align them), and the fitter's own starts from the silhouettes, the carved
+visual hull and the "sphere" over its bounding box. For each target and image size,
 Cycles renders 24 fitting views (3 elevations x 8 azimuths) and 8 held-out views at
-other angles with a transparent film (alpha = silhouette). The fitter starts from the
-carved visual hull and fits the 24 views with its default options (``--set`` overrides
-them). Printed per run, for the fitted mesh and for the visual hull alone:
+other angles with a transparent film (alpha = silhouette); each start is fitted with
+the default options (``--set`` overrides them). Printed per (target, start, size):
 
 - held-out IoU: the mesh rendered BY CYCLES from the held-out cameras, alpha > 0.5,
-  against the target's Cycles renders, averaged over the 8 views;
+  against the target's Cycles renders, averaged over the 8 views (worst view too);
+  the carved visual hull's (no fit) is the reference;
 - Chamfer: symmetric Chamfer distance (mean of both directions' mean nearest-point
   distances, 20k points sampled on each surface) relative to the true mesh's bounding
   box diagonal;
-- iterations, wall time and process CPU time of the fit (on this machine's CPU;
-  CPU time / wall time shows how much of the cores the fit got when the machine is
-  shared).
+- faces, the per-triangle minimum angles (`backend.fit.quality`: smallest, 5th
+  percentile, mean, % of triangles under 10 and 20 degrees) and the number of pairs
+  of triangles that intersect without sharing a vertex;
+- iterations, wall time and process CPU time of the fit (CPU time / wall time shows
+  how much of the cores the fit got when the machine is shared).
+
+``--large`` runs instead one large case: the table from 100 views of 800x800
+(5 elevations x 20 azimuths), the same 8 held-out angles. ``--picture`` writes Cycles
+renders in matte grey (sun + ambient) of target | visual hull | fit from the cube |
+fit from the hull, one row per target, at the first size.
 
 Not a test: it prints figures. Needs the ``blender`` extra (bpy).
 """
@@ -24,7 +37,7 @@ Not a test: it prints figures. Needs the ``blender`` extra (bpy).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import os
 import platform
 import sys
@@ -42,98 +55,85 @@ threads.apply()  # before torch loads its OpenMP runtime (backend/core/threads.p
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from backend.core.camera import blender_camera, orbit_cameras  # noqa: E402
+from backend.core.camera import blender_camera  # noqa: E402
 from backend.fit.fitting import FitOptions, View, auto_init_faces, fit  # noqa: E402
 from backend.fit.mesh_ops import sample_surface  # noqa: E402
+from backend.fit.quality import quality_stats  # noqa: E402
 from backend.fit.visual_hull import Silhouettes, visual_hull  # noqa: E402
 from devtools import cycles_render as cycles  # noqa: E402
+from devtools import fit_targets as ft  # noqa: E402
 
-FIT_ELEVATIONS = (-15.0, 15.0, 45.0)
-FIT_AZIMUTHS = 8
-# Held-out cameras: elevations and azimuths that no fitting view uses.
-HELD_OUT = [(0.0, 22.5), (30.0, 67.5), (60.0, 112.5), (-30.0, 157.5),
-            (5.0, 202.5), (35.0, 247.5), (-5.0, 292.5), (25.0, 337.5)]
-CYCLES_SAMPLES = 16
-CYCLES_FILTER = 1.5
 CHAMFER_POINTS = 20000
+LARGE_TARGET = "table"
+LARGE_SIZE = (800, 800)
+LARGE_ELEVATIONS = (-20.0, 0.0, 20.0, 40.0, 60.0)
+LARGE_AZIMUTHS = 20
+PICTURE_TILE = 256  # pixels per shaded render
+PICTURE_VIEW = 1  # the held-out camera the shaded renders look through (30 deg up)
+PICTURE_COLUMNS = (("target", "target"), ("visual hull", "hull mesh"),
+                   ("fit from the cube", "cube"), ("fit from the hull", "hull"))
 
 
-def build_model(name: str):
-    """A fresh scene holding the model; returns (scene, object)."""
-    scene = cycles.reset_scene()
-    if name == "suzanne":
-        import bpy
+@dataclasses.dataclass
+class Case:
+    """One target at one image size: its Cycles renders, cameras and true surface."""
 
-        bpy.ops.mesh.primitive_monkey_add()
-        obj = bpy.context.object
-        subsurf = obj.modifiers.new("subdivision", "SUBSURF")
-        subsurf.levels = subsurf.render_levels = 2
-        bpy.ops.object.modifier_apply(modifier=subsurf.name)
-        obj.modifiers.new("triangulate", "TRIANGULATE")
-        bpy.ops.object.modifier_apply(modifier="triangulate")
-    elif name == "spot":
-        obj = cycles.load_obj(cycles.spot_path(REPO_ROOT))
+    target: str
+    width: int
+    height: int
+    scene: object  # bpy.types.Scene holding the target
+    obj: object  # the target's bpy object
+    true_v: np.ndarray  # (V, 3) float64 world coordinates
+    true_f: np.ndarray  # (F, 3) int64
+    rig: ft.CameraRig
+    views: list[View]  # fitting views, then held-out views
+    held_images: list[np.ndarray]  # (H, W, 4) float32 Cycles renders
+
+    @property
+    def size(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @property
+    def diagonal(self) -> float:
+        return float(np.linalg.norm(self.true_v.max(axis=0) - self.true_v.min(axis=0)))
+
+
+def prepare_case(target: str, width: int, height: int, large: bool) -> tuple[Case, float]:
+    """Build the target's scene and render its views; returns (case, seconds taken)."""
+    t0 = time.perf_counter()
+    scene, obj = ft.build_target(target)
+    true_v, true_f = cycles.mesh_arrays(obj)
+    if large:
+        rig = ft.camera_rig(true_v, width, height, LARGE_ELEVATIONS, LARGE_AZIMUTHS)
     else:
-        raise ValueError(f"unknown model {name!r}: use suzanne or spot")
-    cycles.configure_cycles(scene, samples=CYCLES_SAMPLES, filter_width=CYCLES_FILTER,
-                            max_bounces=0)
-    return scene, obj
+        rig = ft.camera_rig(true_v, width, height)
+    fit_images = ft.render_views(scene, rig.fitting)
+    held_images = ft.render_views(scene, rig.held_out)
+    views = [View(blender_camera(**p), img, name=f"fit {i}")
+             for i, (p, img) in enumerate(zip(rig.fitting, fit_images, strict=True))]
+    views += [View(blender_camera(**p), img, name=f"held-out {i}", held_out=True)
+              for i, (p, img) in enumerate(zip(rig.held_out, held_images, strict=True))]
+    case = Case(target, width, height, scene, obj, true_v, true_f, rig, views, held_images)
+    return case, time.perf_counter() - t0
 
 
-def camera_params(center, radius, width, height):
-    """(fitting, held-out) lists of `blender_camera` keyword dicts."""
-    # 50 mm lens on a 36 mm sensor: keep the object's bounding sphere inside the frame.
-    distance = radius * 4.2 * max(1.0, width / height)
-    common = {"resolution_x": width, "resolution_y": height, "lens": 50.0}
-    fitting = [{"matrix_world": m.tolist(), **common}
-               for m in orbit_cameras(FIT_AZIMUTHS, FIT_ELEVATIONS, distance, target=center)]
-    held = [{"matrix_world": orbit_cameras(1, [el], distance, target=center,
-                                           azimuth_offset_deg=az)[0].tolist(), **common}
-            for el, az in HELD_OUT]
-    return fitting, held
+def cycles_iou(case: Case, vertices, faces) -> list[float]:
+    """Render a mesh with Cycles from each held-out camera; IoU of alpha > 0.5 per view."""
+    import bpy
 
-
-@contextlib.contextmanager
-def quiet_stdout():
-    """Silence Blender's per-render lines, which it writes to the process's stdout."""
-    sys.stdout.flush()
-    saved = os.dup(1)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 1)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
-
-
-def render_views(scene, params) -> list[np.ndarray]:
-    cam = cycles.add_camera(scene, params[0], name="bench_camera")
-    images = []
-    with quiet_stdout():
-        for p in params:
-            cycles.apply_camera_params(cam, scene, p)
-            images.append(cycles.render_rgba(scene, cam))
-    return images
-
-
-def cycles_iou(scene, target_obj, vertices, faces, params, targets) -> list[float]:
-    """Render a mesh with Cycles from each camera and compare alpha > 0.5 with the targets."""
-    target_obj.hide_render = True
-    mesh_obj = cycles.add_mesh(vertices, faces, name="bench_fitted", scene=scene)
+    case.obj.hide_render = True
+    mesh_obj = cycles.add_mesh(vertices, faces, name="bench_fitted", scene=case.scene)
     try:
-        images = render_views(scene, params)
+        images = ft.render_views(case.scene, case.rig.held_out)
     finally:
-        import bpy
-
         bpy.data.objects.remove(mesh_obj)
-        target_obj.hide_render = False
+        case.obj.hide_render = False
     out = []
-    for image, target in zip(images, targets, strict=True):
+    for image, target in zip(images, case.held_images, strict=True):
         a, b = image[..., 3] > 0.5, target[..., 3] > 0.5
         union = (a | b).sum()
         out.append(float((a & b).sum() / union) if union else 1.0)
-    return out, images
+    return out
 
 
 def chamfer(v_a, f_a, v_b, f_b, diagonal: float) -> float:
@@ -144,6 +144,143 @@ def chamfer(v_a, f_a, v_b, f_b, diagonal: float) -> float:
     d_ab = cKDTree(pb).query(pa)[0].mean()
     d_ba = cKDTree(pa).query(pb)[0].mean()
     return float(0.5 * (d_ab + d_ba) / diagonal)
+
+
+def surface_figures(case: Case, vertices, faces) -> dict:
+    """Held-out Cycles IoU, Chamfer, triangle quality and self-intersections of a mesh."""
+    iou = cycles_iou(case, vertices, faces)
+    return {
+        "iou": float(np.mean(iou)), "iou_min": float(np.min(iou)),
+        "chamfer": chamfer(vertices, faces, case.true_v, case.true_f, case.diagonal),
+        "quality": quality_stats(vertices, faces),
+        "intersections": ft.self_intersections(vertices, faces),
+    }
+
+
+def carved_hull(case: Case, options: FitOptions):
+    """The visual hull of the fitting views at the fitter's start size; (hull, seconds)."""
+    t0 = time.perf_counter()
+    fitting = [v for v in case.views if not v.held_out]
+    sil = Silhouettes.from_masks([v.camera for v in fitting], [v.image[..., 3] for v in fitting])
+    faces = options.init_faces or auto_init_faces(max(case.width, case.height))
+    hull = visual_hull(sil, target_faces=faces)
+    return hull, time.perf_counter() - t0
+
+
+def run_start(case: Case, start: str, options: FitOptions, hull_figures: dict) -> tuple[dict,
+                                                                                       object]:
+    """Fit ``case`` from ``start``; returns (row of figures, the FitResult)."""
+    mesh = ft.start_mesh(start)
+    if mesh is None:  # the fitter's own start from the silhouettes
+        options = dataclasses.replace(options, init=start)
+        vertices = faces = None
+    else:
+        vertices, faces = mesh
+    cpu0 = time.process_time()
+    result = fit(case.views, vertices, faces, options=options)
+    fit_cpu = time.process_time() - cpu0
+    row = {
+        "target": case.target, "start": start, "size": case.size,
+        "fit": surface_figures(case, result.vertices, result.faces), "hull": hull_figures,
+        "ours_heldout_iou": float(np.mean(list(result.heldout_iou.values()))),
+        "iterations": result.iterations, "fit_time": result.timing["total"],
+        "fit_cpu": fit_cpu, "status": result.status,
+    }
+    print(f"  {case.target} {case.size} from {start}: {result.message}\n  {table_row(row)}",
+          flush=True)
+    return row, result
+
+
+def run_case(target: str, width: int, height: int, starts, options: FitOptions, large: bool,
+             meshes: dict) -> list[dict]:
+    """Every start on one target and size; fills ``meshes`` for the shaded picture."""
+    case, t_targets = prepare_case(target, width, height, large)
+    hull, t_hull = carved_hull(case, options)
+    hull_figures = surface_figures(case, hull.vertices, hull.faces)
+    print(f"{target} {case.size}: Cycles targets {t_targets:.1f} s, hull carving {t_hull:.1f} s, "
+          f"hull held-out IoU {hull_figures['iou']:.4f}, {len(hull.faces)} faces, "
+          f"{hull_figures['intersections']} self-intersections", flush=True)
+    if target not in meshes:
+        meshes[target] = {"target": (case.true_v, case.true_f),
+                          "hull mesh": (hull.vertices, hull.faces)}
+    rows = []
+    for start in starts:
+        row, result = run_start(case, start, options, hull_figures)
+        rows.append(row)
+        meshes[target].setdefault(start, (result.vertices, result.faces))
+    return rows
+
+
+TABLE_HEADER = (
+    "| target | start | size | held-out IoU fit (worst) | held-out IoU hull | Chamfer fit | "
+    "Chamfer hull | faces | min angle: min / p5 / mean | % under 10 / 20 deg | "
+    "self-intersections | fit wall time | fit CPU time |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def table_row(r: dict) -> str:
+    """One row of `TABLE_HEADER`'s table from a `run_start` row."""
+    f, q = r["fit"], r["fit"]["quality"]
+    return (f"| {r['target']} | {r['start']} | {r['size']} | {f['iou']:.4f} ({f['iou_min']:.3f})"
+            f" | {r['hull']['iou']:.4f} | {f['chamfer']:.4f} | {r['hull']['chamfer']:.4f} | "
+            f"{int(q['faces'])} | {q['min_angle_min']:.1f} / {q['min_angle_p5']:.1f} / "
+            f"{q['min_angle_mean']:.1f} | {q['pct_under_10']:.1f} / {q['pct_under_20']:.1f} | "
+            f"{f['intersections']} | {r['fit_time']:.1f} s | {r['fit_cpu']:.1f} s |")
+
+
+def print_table(rows: list[dict]) -> None:
+    print()
+    print(TABLE_HEADER)
+    for r in rows:
+        print(table_row(r))
+    print()
+    for r in rows:
+        q = r["hull"]["quality"]
+        print(f"{r['target']} {r['start']} {r['size']}: our renderer's held-out IoU "
+              f"{r['ours_heldout_iou']:.4f}, {r['iterations']} iterations, status {r['status']}; "
+              f"hull min angle {q['min_angle_min']:.1f} / {q['min_angle_p5']:.1f} / "
+              f"{q['min_angle_mean']:.1f}")
+
+
+def save_picture(path: Path, meshes: dict) -> None:
+    """Shaded Cycles renders, one row per target: the columns of `PICTURE_COLUMNS`."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for target, found in meshes.items():
+        true_v = found["target"][0]
+        # Rendered twice the tile size, then cropped to the target's extent (the camera
+        # frames the bounding sphere with a wide margin).
+        side = 2 * PICTURE_TILE
+        params = ft.camera_rig(true_v, side, side).held_out[PICTURE_VIEW]
+        crop = None
+        tiles = []
+        for title, key in PICTURE_COLUMNS:
+            if key in found:
+                image = ft.shaded_render(*found[key], params)
+                crop = crop or _object_square(image)
+                top, left, half = crop
+                image = np.pad(image, ((half, half), (half, half), (0, 0)), constant_values=255)
+                tile = Image.fromarray(image[top:top + 2 * half, left:left + 2 * half])
+                tile = tile.resize((PICTURE_TILE, PICTURE_TILE), Image.LANCZOS)
+            else:
+                tile = Image.new("RGB", (PICTURE_TILE, PICTURE_TILE), (255, 255, 255))
+                title += " (not run)"
+            ImageDraw.Draw(tile).text((6, 4), f"{target}: {title}", fill=(0, 0, 0))
+            tiles.append(np.pad(np.asarray(tile), ((2, 2), (2, 2), (0, 0)), constant_values=90))
+        rows.append(np.concatenate(tiles, axis=1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    print(f"wrote {path}")
+
+
+def _object_square(image: np.ndarray) -> tuple[int, int, int]:
+    """(top, left, half side) of a square around the non-white pixels of (H, W, 3), with a
+    15% margin, in the image padded by ``half`` white pixels on every side."""
+    ys, xs = np.nonzero(np.any(image < 250, axis=2))
+    half = int(0.575 * max(ys.max() - ys.min(), xs.max() - xs.min())) + 2
+    cy, cx = (ys.max() + ys.min()) // 2, (xs.max() + xs.min()) // 2
+    return cy, cx, half
 
 
 def parse_set(items) -> dict:
@@ -157,8 +294,17 @@ def parse_set(items) -> dict:
         elif "," in value or key == "subdivide_at":
             out[key] = [float(x) for x in value.split(",") if x]
         else:
-            out[key] = float(value) if any(c in value for c in ".e") else int(value)
+            out[key] = _number_or_text(value)
     return out
+
+
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def cpu_name() -> str:
@@ -171,121 +317,38 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def run(model: str, width: int, height: int, options: FitOptions, keep: dict) -> dict:
-    t0 = time.perf_counter()
-    scene, obj = build_model(model)
-    true_v, true_f = cycles.mesh_arrays(obj)
-    lo, hi = true_v.min(axis=0), true_v.max(axis=0)
-    center, radius = 0.5 * (lo + hi), 0.5 * float(np.linalg.norm(hi - lo))
-    fit_params, held_params = camera_params(center, radius, width, height)
-    fit_images = render_views(scene, fit_params)
-    held_images = render_views(scene, held_params)
-    t_targets = time.perf_counter() - t0
-
-    views = [View(blender_camera(**p), img, name=f"fit {i}")
-             for i, (p, img) in enumerate(zip(fit_params, fit_images, strict=True))]
-    views += [View(blender_camera(**p), img, name=f"held-out {i}", held_out=True)
-              for i, (p, img) in enumerate(zip(held_params, held_images, strict=True))]
-
-    t1 = time.perf_counter()
-    sil = Silhouettes.from_masks([v.camera for v in views if not v.held_out],
-                                 [v.image[..., 3] for v in views if not v.held_out])
-    hull = visual_hull(sil, target_faces=options.init_faces or auto_init_faces(max(width, height)))
-    t_hull = time.perf_counter() - t1
-    cpu0 = time.process_time()
-    result = fit(views, options=options)
-    fit_cpu = time.process_time() - cpu0
-
-    diagonal = float(np.linalg.norm(hi - lo))
-    fit_iou, fit_renders = cycles_iou(scene, obj, result.vertices, result.faces, held_params,
-                                      held_images)
-    hull_iou, _ = cycles_iou(scene, obj, hull.vertices, hull.faces, held_params, held_images)
-    row = {
-        "model": model, "size": f"{width}x{height}",
-        "fit_iou": float(np.mean(fit_iou)), "fit_iou_min": float(np.min(fit_iou)),
-        "hull_iou": float(np.mean(hull_iou)),
-        "fit_chamfer": chamfer(result.vertices, result.faces, true_v, true_f, diagonal),
-        "hull_chamfer": chamfer(hull.vertices, hull.faces, true_v, true_f, diagonal),
-        "ours_heldout_iou": float(np.mean(list(result.heldout_iou.values()))),
-        "iterations": result.iterations, "fit_time": result.timing["total"], "fit_cpu": fit_cpu,
-        "hull_time": t_hull, "faces": len(result.faces), "hull_faces": len(hull.faces),
-        "status": result.status, "targets_time": t_targets,
-    }
-    keep[(model, width, height)] = (held_images, fit_renders)
-    print(f"  {model} {width}x{height}: {result.message}", flush=True)
-    return row
-
-
-def save_picture(path: Path, keep: dict) -> None:
-    """Held-out silhouettes, one row per run, cropped to the object: white = both, red =
-    target only, blue = fitted only (Cycles renders of each)."""
-    from PIL import Image, ImageDraw
-
-    rows = []
-    for (model, width, height), (targets, fitted) in keep.items():
-        tiles = []
-        for target, mine in list(zip(targets, fitted, strict=True))[:4]:
-            a, b = target[..., 3] > 0.5, mine[..., 3] > 0.5
-            tile = np.zeros((*a.shape, 3), dtype=np.uint8)
-            tile[a & b] = 255
-            tile[a & ~b] = (230, 40, 40)
-            tile[~a & b] = (40, 90, 230)
-            # A square crop around the object, enlarged with visible pixels.
-            ys, xs = np.nonzero(a | b)
-            half = int(0.55 * max(ys.max() - ys.min(), xs.max() - xs.min())) + 2
-            cy, cx = (ys.max() + ys.min()) // 2, (xs.max() + xs.min()) // 2
-            tile = np.pad(tile, ((half, half), (half, half), (0, 0)))
-            tile = tile[cy:cy + 2 * half, cx:cx + 2 * half]
-            tile = np.asarray(Image.fromarray(tile).resize((240, 240), Image.NEAREST))
-            tiles.append(np.pad(tile, ((4, 4), (4, 4), (0, 0)), constant_values=90))
-        row = Image.fromarray(np.pad(np.concatenate(tiles, axis=1), ((22, 0), (0, 0), (0, 0)),
-                                     constant_values=90))
-        ImageDraw.Draw(row).text((6, 4), f"{model} {width}x{height}: held-out views "
-                                 "(white both, red target only, blue fit only)",
-                                 fill=(255, 255, 255))
-        rows.append(np.asarray(row))
-    full = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, full - r.shape[1]), (0, 0)), constant_values=90) for r in rows]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
-    print(f"wrote {path}")
-
-
-def main(argv=None) -> None:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["suzanne", "spot"])
+    parser.add_argument("--targets", nargs="+", default=list(ft.TARGETS), choices=ft.TARGETS)
+    parser.add_argument("--starts", nargs="+", default=list(ft.STARTS), choices=ft.STARTS)
     parser.add_argument("--sizes", nargs="+", default=["128x128", "320x240"])
     parser.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                         help="override FitOptions fields, e.g. iterations=200")
     parser.add_argument("--picture", type=Path, default=None,
-                        help="save target vs fitted held-out silhouettes to this PNG")
-    args = parser.parse_args(argv)
+                        help="save shaded renders of target, hull and fits to this PNG")
+    parser.add_argument("--large", action="store_true",
+                        help=f"only the large case: {LARGE_TARGET}, 100 views of 800x800")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     options = FitOptions.from_dict({**FitOptions().to_dict(), **parse_set(args.set)})
     changed = {k: v for k, v in options.to_dict().items() if FitOptions().to_dict()[k] != v}
     print(f"machine: {os.cpu_count()} cores, {cpu_name()}, {platform.system()}, load average "
           f"{os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}; options changed "
           f"from defaults: {changed or 'none'}", flush=True)
-    keep, rows = {}, []
-    for model in args.models:
-        for size in args.sizes:
-            width, height = (int(x) for x in size.lower().split("x"))
-            rows.append(run(model, width, height, options, keep))
-    print()
-    print("| model | size | held-out IoU fit (min) | held-out IoU hull | Chamfer fit | "
-          "Chamfer hull | iterations | fit wall time | fit CPU time | faces (hull) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['size']} | {r['fit_iou']:.4f} ({r['fit_iou_min']:.3f}) | "
-              f"{r['hull_iou']:.4f} | {r['fit_chamfer']:.4f} | {r['hull_chamfer']:.4f} | "
-              f"{r['iterations']} | {r['fit_time']:.1f} s | {r['fit_cpu']:.1f} s | "
-              f"{r['faces']} ({r['hull_faces']}) |")
-    print()
-    for r in rows:
-        print(f"{r['model']} {r['size']}: our renderer's held-out IoU {r['ours_heldout_iou']:.4f},"
-              f" hull carving {r['hull_time']:.1f} s, Cycles targets {r['targets_time']:.1f} s, "
-              f"status {r['status']}")
+    if args.large:
+        cases = [(LARGE_TARGET, *LARGE_SIZE)]
+    else:
+        sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes]
+        cases = [(target, w, h) for target in args.targets for w, h in sizes]
+    meshes, rows = {}, []
+    for target, width, height in cases:
+        rows += run_case(target, width, height, args.starts, options, args.large, meshes)
+    print_table(rows)
     if args.picture:
-        save_picture(args.picture, keep)
+        save_picture(args.picture, meshes)
 
 
 if __name__ == "__main__":

@@ -149,16 +149,12 @@ def test_alpha_mode_refuses_an_opaque_image():
         silhouette(np.full((10, 10, 4), 1.0, np.float32), "photo.png", mode="alpha")
 
 
-def write_mask(path, mask: np.ndarray) -> None:
-    write_image(path, mask)
-
-
 def test_masks_mode_matches_by_name_and_keeps_soft_masks(tmp_path):
     mask = np.zeros((24, 32), np.float32)
     mask[4:20, 6:26] = 1.0
     mask[4:20, 26] = 0.5
-    write_mask(tmp_path / "cam_01_mask.png", mask)
-    write_mask(tmp_path / "cam_02.png", 1.0 - mask)
+    write_image(tmp_path / "cam_01_mask.png", mask)
+    write_image(tmp_path / "cam_02.png", 1.0 - mask)
     photo = np.zeros((24, 32, 3), np.float32)
     first = silhouette(photo, "cam_01.jpg", mode="masks", mask_dir=tmp_path)
     assert first.source == "mask" and first.path.name == "cam_01_mask.png"
@@ -168,7 +164,7 @@ def test_masks_mode_matches_by_name_and_keeps_soft_masks(tmp_path):
 
 
 def test_a_mask_of_another_size_is_an_error(tmp_path):
-    write_mask(tmp_path / "cam.png", np.ones((10, 10), np.float32))
+    write_image(tmp_path / "cam.png", np.ones((10, 10), np.float32))
     with pytest.raises(ValueError, match=r"cam.jpg: its mask cam.png is 10x10 but the image is "
                                          r"32x24"):
         silhouette(np.zeros((24, 32, 3), np.float32), "cam.jpg", mode="masks", mask_dir=tmp_path)
@@ -177,8 +173,8 @@ def test_a_mask_of_another_size_is_an_error(tmp_path):
 def test_missing_and_ambiguous_masks_are_errors(tmp_path):
     with pytest.raises(ValueError, match="cam.jpg: no mask in"):
         find_mask("cam.jpg", tmp_path)
-    write_mask(tmp_path / "cam.png", np.ones((4, 4), np.float32))
-    write_mask(tmp_path / "cam_mask.png", np.ones((4, 4), np.float32))
+    write_image(tmp_path / "cam.png", np.ones((4, 4), np.float32))
+    write_image(tmp_path / "cam_mask.png", np.ones((4, 4), np.float32))
     with pytest.raises(ValueError, match="several masks match"):
         find_mask("cam.jpg", tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
@@ -186,7 +182,7 @@ def test_missing_and_ambiguous_masks_are_errors(tmp_path):
 
 
 def test_a_black_mask_is_an_error(tmp_path):
-    write_mask(tmp_path / "cam.png", np.zeros((24, 32), np.float32))
+    write_image(tmp_path / "cam.png", np.zeros((24, 32), np.float32))
     with pytest.raises(ValueError, match="black everywhere"):
         silhouette(np.zeros((24, 32, 3), np.float32), "cam.jpg", mode="masks", mask_dir=tmp_path)
 
@@ -195,7 +191,7 @@ def test_auto_takes_alpha_then_masks_then_key(tmp_path):
     view = synthetic_views("dark", count=1)[0]
     with_alpha = np.concatenate([view.image, view.alpha[..., None]], axis=2)
     assert silhouette(with_alpha, "v.png", mask_dir=tmp_path).source == "alpha"
-    write_mask(tmp_path / "v.png", view.alpha)
+    write_image(tmp_path / "v.png", view.alpha)
     assert silhouette(view.image, "v.png", mask_dir=tmp_path).source == "mask"
     keyed = silhouette(view.image, "v.png")
     assert keyed.source == "key" and iou(keyed.mask, view.alpha) > SYNTHETIC_IOU
@@ -293,7 +289,7 @@ def test_consistency_without_photos_only_checks():
     masks[2] = shifted(masks[2], 30)
     result = check_views([v.camera for v in views], masks, [v.name for v in views])
     assert [c.name for c in result.flagged()] == ["view02"]
-    assert result.masks[0] is not None and np.array_equal(result.masks[0], masks[0])
+    assert np.array_equal(result.masks[0], masks[0])  # without photos, nothing is refined
 
 
 def test_every_view_flagged_is_an_error():
@@ -344,3 +340,74 @@ def test_contact_sheet_shows_photo_mask_and_outlines(tmp_path):
     assert read_image(tmp_path / "sheet.png").shape == (240, 480, 3)
     with pytest.raises(ValueError, match="one mask"):
         contact_sheet(photos, masks[:1])
+
+
+# --- learned (a salient-object ONNX model) -----------------------------------------
+
+
+def redness_model(path, size=64) -> None:
+    """A tiny ONNX model: saliency = sigmoid(4 * (red - green)) of the normalised image,
+    input (1, 3, size, size) or, with size None, any size."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    side = size if size is not None else "S"
+    weight = numpy_helper.from_array(np.array([4, -4, 0], np.float32).reshape(1, 3, 1, 1), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["logit"]),
+         helper.make_node("Sigmoid", ["logit"], ["saliency"])],
+        "redness",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, side, side])],
+        [helper.make_tensor_value_info("saliency", TensorProto.FLOAT, [1, 1, side, side])],
+        [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("size", [64, None])
+def test_learned_mode_runs_the_model(tmp_path, size):
+    from backend.segment.learned import DEFAULT_SIZE, SalientObjectModel
+
+    redness_model(tmp_path / "model.onnx", size)
+    model = SalientObjectModel(tmp_path / "model.onnx")
+    assert model.size == ((64, 64) if size else (DEFAULT_SIZE, DEFAULT_SIZE))
+    view = synthetic_views("green", count=1)[0]
+    result = silhouette(view.image, "v.png", mode="learned", model=model)
+    assert result.source == "learned" and result.mask.shape == view.alpha.shape
+    assert 0.0 <= result.mask.min() and result.mask.max() <= 1.0
+    assert iou(result.mask, view.alpha) > 0.85  # the toy model sees the blob coarsely
+
+
+def test_learned_mode_loads_the_model_once_for_files(tmp_path):
+    redness_model(tmp_path / "model.onnx")
+    view = synthetic_views("green", count=1)[0]
+    write_image(tmp_path / "v.png", view.image)
+    (result,) = silhouettes_from_files([tmp_path / "v.png"], mode="learned",
+                                       model_path=tmp_path / "model.onnx")
+    assert result.source == "learned" and iou(result.mask, view.alpha) > 0.85
+
+
+def test_learned_mode_without_a_model_says_so(tmp_path):
+    from backend.segment.learned import SalientObjectModel
+
+    with pytest.raises(ValueError, match="no salient-object model at .*u2net.onnx"):
+        SalientObjectModel(tmp_path / "u2net.onnx")
+    with pytest.raises(ValueError, match="needs a salient-object model file"):
+        silhouettes_from_files([tmp_path / "v.png"], mode="learned")
+    with pytest.raises(ValueError, match="needs a salient-object model file"):
+        silhouette(np.zeros((4, 4, 3), np.float32), "v.png", mode="learned")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="junk.onnx: not an ONNX model"):
+        SalientObjectModel(tmp_path / "junk.onnx")
+
+
+def test_learned_mode_finding_nothing_names_the_photo(tmp_path):
+    from backend.segment.learned import SalientObjectModel
+
+    redness_model(tmp_path / "model.onnx")
+    model = SalientObjectModel(tmp_path / "model.onnx")
+    flat = np.full((48, 64, 3), 0.5, np.float32)
+    with pytest.raises(ValueError, match="grey.png: no object found"):
+        model.segment(flat, "grey.png")

@@ -3,15 +3,18 @@
 The same formulas as kernels/soft_raster.cu (see its header), organised by face
 instead of by pixel, since a CPU core is fastest walking one face's pixels:
 
-1. `row_spans` lists, per valid face and pixel row, the columns whose pixel centres
-   may lie within the cutoff distance of the face (the face's footprint expanded by
-   that distance, row by row; a tighter superset than the face's box).
-2. The forward pass visits every pixel of every span, skips the pairs whose D is
-   below the cutoff (the only culling), and accumulates per pixel the log
-   transparency and an online softmax over faces and the background (per camera,
-   faces in ascending order, so results do not depend on threads).
+1. Candidates: per valid face and pixel row of its box (`backend.render.binning`),
+   the span of columns whose centres may lie within the cutoff distance of the
+   face (its extent within that distance of the row, widened by the distance): a
+   tighter superset of the pairs with D >= cutoff than the whole box.
+2. The forward pass tests every candidate, skips those with D below the cutoff
+   (the only culling), and accumulates per pixel the log transparency and an
+   online softmax over faces and the background.
 3. The backward pass revisits the same pairs and accumulates the analytic
    gradients per face corner.
+
+Cameras run in parallel on torch's thread count; within a camera faces go in
+ascending order, so results are the same on any number of threads.
 
 All arithmetic is float64 whatever the input dtype; the outputs and gradients are
 returned in the input dtype. The compiled code is cached on disk by Numba (next to
@@ -63,31 +66,28 @@ class SoftRasterizeCpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, face_screen, face_colors, face_valid, orthographic, width, height,
                 settings):
+        B = face_valid.shape[0]
         corners = _float64(face_screen)
-        colors = None if face_colors is None else _float64(face_colors)
-        B, F = face_valid.shape
-        spans = row_spans(face_screen, face_valid, width, height, settings)
-        starts = np.searchsorted(spans[:, 0], np.arange(B + 1) * F)  # each camera's spans
+        colors = np.zeros((B, 1, 3, 3)) if face_colors is None else _float64(face_colors)
+        boxes = _face_boxes(face_screen, face_valid, width, height, settings)
         ortho = orthographic.detach().cpu().numpy().astype(np.bool_)
         consts = _constants(settings)
-        channels = 1 if colors is None else 4
-        rgba = np.empty((B, height, width, channels))
+        rgba = np.empty((B, height, width, 1 if face_colors is None else 4))
         aux = np.empty((B, height, width, 2))
         _use_torch_threads()
-        _forward(corners, _or_empty(colors, B), ortho, spans, starts, consts, rgba, aux)
-        ctx.saved = (corners, colors, ortho, spans, starts, consts, rgba, aux)
+        _forward(corners, colors, boxes, ortho, consts, rgba, aux)
+        ctx.saved = (corners, colors, boxes, ortho, consts, rgba, aux)
         ctx.dtypes = (face_screen.dtype, None if face_colors is None else face_colors.dtype)
         return torch.from_numpy(rgba).to(face_screen.dtype)
 
     @staticmethod
     def backward(ctx, grad_rgba):
-        corners, colors, ortho, spans, starts, consts, rgba, aux = ctx.saved
-        colors = _or_empty(colors, len(ortho))
+        corners, colors, boxes, ortho, consts, rgba, aux = ctx.saved
         grad_screen = np.zeros_like(corners)
         grad_colors = np.zeros_like(colors)
         _use_torch_threads()
-        _backward(corners, colors, ortho, spans, starts, consts, rgba, aux,
-                  _float64(grad_rgba), grad_screen, grad_colors)
+        _backward(corners, colors, boxes, ortho, consts, rgba, aux, _float64(grad_rgba),
+                  grad_screen, grad_colors)
         screen_dtype, colors_dtype = ctx.dtypes
         grad_colors = None if colors_dtype is None else torch.from_numpy(grad_colors).to(
             colors_dtype)
@@ -95,42 +95,39 @@ class SoftRasterizeCpu(torch.autograd.Function):
                 None, None, None, None, None)
 
 
-def row_spans(face_screen: torch.Tensor, face_valid: torch.Tensor, width: int, height: int,
-              settings: RenderSettings) -> np.ndarray:
-    """The (face, pixel) pairs that may have D >= cutoff, as row spans.
-
-    face_screen: (B, F, 3, >=2); face_valid: (B, F) bool.
-    Returns (S, 4) int64 rows [b * F + f, y, x0, x1]: pixels x0..x1 (inclusive) of
-    row y, camera b, may be within `RenderSettings.cutoff_distance` of face f.
-    Rows ascend by face, then by y. Every pixel with D >= cutoff is listed.
-    """
-    B, F = face_valid.shape
-    boxes = pixel_boxes(face_screen, settings.cutoff_distance, width, height).reshape(B * F, 4)
-    faces = face_valid.reshape(-1).nonzero()[:, 0]
-    boxes = boxes[faces]
-    rows = (boxes[:, 3] - boxes[:, 2] + 1).clamp_min(0)
-    rows *= boxes[:, 1] >= boxes[:, 0]
-    xy = _float64(face_screen.detach()[..., :2]).reshape(B * F, 3, 2)
-    return _row_spans(xy, faces.numpy(), boxes.numpy(), rows.numpy(),
-                      settings.cutoff_distance + SPAN_SLACK)
-
-
 def count_pairs(face_screen: torch.Tensor, face_valid: torch.Tensor, width: int, height: int,
                 settings: RenderSettings) -> tuple[int, int]:
-    """(candidate pairs enumerated by `row_spans`, pairs with D >= cutoff among them)."""
-    spans = row_spans(face_screen, face_valid, width, height, settings)
-    candidates = int((spans[:, 3] - spans[:, 2] + 1).sum())
-    kept = _count_kept(_float64(face_screen), spans, settings.cutoff_distance2)
-    return candidates, int(kept)
+    """The work of one `rasterize_cpu` call: (candidate pairs, pairs kept).
+
+    Candidates are the (face, pixel) pairs the passes enumerate (the faces' row
+    spans); kept are those with D >= cutoff, which the passes shade.
+    """
+    counts = _count_pairs(_float64(face_screen),
+                          _face_boxes(face_screen, face_valid, width, height, settings),
+                          _constants(settings))
+    return int(counts[0]), int(counts[1])
+
+
+def _face_boxes(face_screen, face_valid, width, height, settings) -> np.ndarray:
+    """(B, F, 4) int64 pixel boxes [x0, x1, y0, y1] (`backend.render.binning.pixel_boxes`);
+    an invalid face or one outside the image gets no rows (y1 < y0)."""
+    boxes = pixel_boxes(face_screen, settings.cutoff_distance, width, height)
+    empty = ~face_valid | (boxes[..., 1] < boxes[..., 0])
+    boxes[..., 3] = torch.where(empty, boxes[..., 2] - 1, boxes[..., 3])
+    return boxes.cpu().numpy()
 
 
 def _float64(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float64)
 
 
-def _or_empty(colors: np.ndarray | None, cameras: int) -> np.ndarray:
-    """The kernels take an array either way; (B, 1, 3, 3) zeros stand for "no colours"."""
-    return np.zeros((cameras, 1, 3, 3)) if colors is None else colors
+def _constants(settings: RenderSettings) -> np.ndarray:
+    """(10,) float64: sigma, d2_cutoff, gamma, eps, near, far, background RGB, and the
+    row spans' margin (the cutoff distance and `SPAN_SLACK`)."""
+    return np.array([settings.sigma, settings.cutoff_distance2, settings.gamma,
+                     settings.background_depth, settings.near, settings.far,
+                     *settings.background_color, settings.cutoff_distance + SPAN_SLACK],
+                    dtype=np.float64)
 
 
 def _use_torch_threads() -> None:
@@ -139,49 +136,39 @@ def _use_torch_threads() -> None:
     numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
-def _constants(settings: RenderSettings) -> np.ndarray:
-    """(9,) float64 [sigma, d2_cutoff, gamma, eps, near, far, background RGB]."""
-    return np.array([settings.sigma, settings.cutoff_distance2, settings.gamma,
-                     settings.background_depth, settings.near, settings.far,
-                     *settings.background_color], dtype=np.float64)
-
-
 # ---------------------------------------------------------------------------
 # Compiled parts, all float64. A face's corners c are (3, 3) rows [u, v, z]; its
 # edge table (3, 3) rows [dx, dy, 1 / |d|^2] for edge k from corner k to k + 1.
 
-_jit = numba.njit(cache=True, nogil=True)
-_parallel = numba.njit(cache=True, nogil=True, parallel=True)
+# error_model="numpy": float division follows IEEE (no per-division zero check); the
+# faces reaching the passes are valid, so no division by zero happens there.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_parallel = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
 # Helpers called per pixel are inlined where Numba compiles their callers: a call
 # that passes array views costs reference counting, several times the arithmetic.
-_inline = numba.njit(cache=True, nogil=True, inline="always")
-
-
-@_jit
-def _row_spans(xy, faces, boxes, rows, margin):
-    """Row spans (see `row_spans`) of faces ``faces`` with pixel boxes ``boxes``."""
-    spans = np.empty((rows.sum(), 4), dtype=np.int64)
-    n = 0
-    for i in range(len(faces)):
-        c = xy[faces[i]]
-        for y in range(boxes[i, 2], boxes[i, 2] + rows[i]):
-            lo, hi = _band_extent(c, y + 0.5 - margin, y + 0.5 + margin)
-            x0 = max(boxes[i, 0], math.ceil(lo - margin - 0.5))
-            x1 = min(boxes[i, 1], math.floor(hi + margin - 0.5))
-            if lo <= hi and x0 <= x1:
-                spans[n, 0] = faces[i]
-                spans[n, 1] = y
-                spans[n, 2] = x0
-                spans[n, 3] = x1
-                n += 1
-    return spans[:n].copy()
+_inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 
 
 @_inline
-def _band_extent(c, y_lo, y_hi):
-    """x range (lo, hi) of triangle c (3, >=2) within the band y_lo <= y <= y_hi;
-    lo > hi when they do not meet."""
+def _face_tables(c, edges, inv_z):
+    """Fills the edge table and inv_z (3,) = 1 / z_k; returns A, twice the signed area."""
+    for k in range(3):
+        n = (k + 1) % 3
+        dx, dy = c[n, 0] - c[k, 0], c[n, 1] - c[k, 1]
+        length2 = dx * dx + dy * dy
+        edges[k, 0], edges[k, 1] = dx, dy
+        edges[k, 2] = 1.0 / length2 if length2 > 1e-20 else 0.0
+        inv_z[k] = 1.0 / c[k, 2]
+    return edges[0, 1] * edges[2, 0] - edges[0, 0] * edges[2, 1]  # (c1 - c0) x (c2 - c0)
+
+
+@_inline
+def _row_span(c, box, y, margin):
+    """Columns (x0, x1) of pixel row y whose centres may lie within ``margin`` of
+    triangle c: its extent within the band y + 0.5 +- margin, widened by the margin
+    and clipped to box [x0, x1, y0, y1]; x0 > x1 when there are none."""
     lo, hi = np.inf, -np.inf
+    y_lo, y_hi = y + 0.5 - margin, y + 0.5 + margin
     for k in range(3):
         xa, ya = c[k, 0], c[k, 1]
         if y_lo <= ya <= y_hi:
@@ -191,23 +178,14 @@ def _band_extent(c, y_lo, y_hi):
             if (ya - line) * (yb - line) < 0.0:  # the edge crosses the band's border
                 x = xa + (line - ya) * (xb - xa) / (yb - ya)
                 lo, hi = min(lo, x), max(hi, x)
-    return lo, hi
+    if lo > hi:
+        return 1, 0
+    return max(box[0], math.ceil(lo - margin - 0.5)), min(box[1], math.floor(hi + margin - 0.5))
 
 
 @_inline
-def _edge_table(c, edges):
-    """Fills the edge table (3, 3) of corners c."""
-    for k in range(3):
-        n = (k + 1) % 3
-        dx, dy = c[n, 0] - c[k, 0], c[n, 1] - c[k, 1]
-        length2 = dx * dx + dy * dy
-        edges[k, 0], edges[k, 1] = dx, dy
-        edges[k, 2] = 1.0 / length2 if length2 > 1e-20 else 0.0
-
-
-@_inline
-def _sample(c, edges, px, py):
-    """Pixel centre (px, py) against a face (corners c, `_edge_table` edges).
+def _sample(c, edges, area2, px, py):
+    """Pixel centre (px, py) against a face (corners c, edge table, A).
 
     Returns (inside, d2, k, t, E_0, E_1, E_2): d2 the squared distance to the
     closest edge k at parameter t in [0, 1]; E_m the edge function of the edge
@@ -230,105 +208,116 @@ def _sample(c, edges, px, py):
         dk = dx * dx + dy * dy
         if dk < d2:
             d2, closest, t = dk, k, tk
-    area2 = e0 + e1 + e2
     inside = e0 * area2 > 0.0 and e1 * area2 > 0.0 and e2 * area2 > 0.0
     return inside, d2, closest, t, e0, e1, e2
 
 
 @_inline
-def _interpolate(c, e0, e1, e2, ortho, b, beta):
+def _interpolate(c, inv_z, e0, e1, e2, inv_area2, ortho, b, beta):
     """Clamped, renormalised barycentrics into b (3,), perspective-correct weights into
-    beta (3,). Returns (depth, S) with S = sum_m b_m / z_m (1 when orthographic)."""
-    area2 = e0 + e1 + e2
-    b[0], b[1], b[2] = max(e0 / area2, 0.0), max(e1 / area2, 0.0), max(e2 / area2, 0.0)
-    total = b[0] + b[1] + b[2]
+    beta (3,). Returns (depth, S, R): S = sum_m b_m / z_m (1 when orthographic) and R
+    the sum of the clamped raw barycentrics E_m / A."""
+    b[0], b[1], b[2] = max(e0 * inv_area2, 0.0), max(e1 * inv_area2, 0.0), max(
+        e2 * inv_area2, 0.0)
+    raw_sum = b[0] + b[1] + b[2]
     for k in range(3):
-        b[k] /= total
+        b[k] /= raw_sum
     if ortho:
         for k in range(3):
             beta[k] = b[k]
-        return b[0] * c[0, 2] + b[1] * c[1, 2] + b[2] * c[2, 2], 1.0
+        return b[0] * c[0, 2] + b[1] * c[1, 2] + b[2] * c[2, 2], 1.0, raw_sum
     inv_depth = 0.0
     for k in range(3):
-        beta[k] = b[k] / c[k, 2]
+        beta[k] = b[k] * inv_z[k]
         inv_depth += beta[k]
+    depth = 1.0 / inv_depth
     for k in range(3):
-        beta[k] /= inv_depth
-    return 1.0 / inv_depth, inv_depth
+        beta[k] *= depth
+    return depth, inv_depth, raw_sum
 
 
 @_inline
 def _soft_coverage(inside, d2, sigma):
-    """(x, D, log(1 - D)) of a pair: x = +-d^2 / sigma, D = sigmoid(x), without overflow."""
+    """(D, log(1 - D)) of a pair: D = sigmoid(x), x = +-d^2 / sigma, without overflow."""
     x = (d2 if inside else -d2) / sigma
     decay = math.exp(-abs(x))
     prob = 1.0 / (1.0 + decay) if x >= 0.0 else decay / (1.0 + decay)
-    return x, prob, -(max(x, 0.0) + math.log1p(decay))
+    return prob, -(max(x, 0.0) + math.log1p(decay))
 
 
 @_jit
-def _count_kept(corners, spans, d2_cutoff):
-    F = corners.shape[1]
-    edges = np.empty((3, 3))
-    kept = 0
-    for s in range(len(spans)):
-        c = corners[spans[s, 0] // F, spans[s, 0] % F]
-        _edge_table(c, edges)
-        for x in range(spans[s, 2], spans[s, 3] + 1):
-            inside, d2 = _sample(c, edges, x + 0.5, spans[s, 1] + 0.5)[:2]
-            if inside or d2 < d2_cutoff:
-                kept += 1
-    return kept
+def _count_pairs(corners, boxes, consts):
+    """(candidates, kept) over all cameras; see `count_pairs`."""
+    d2_cutoff, margin = consts[1], consts[9]
+    edges, inv_z = np.empty((3, 3)), np.empty(3)
+    candidates = kept = 0
+    for cam in range(corners.shape[0]):
+        for face in range(corners.shape[1]):
+            c, box = corners[cam, face], boxes[cam, face]
+            if box[3] < box[2]:  # invalid, or outside the image
+                continue
+            area2 = _face_tables(c, edges, inv_z)
+            for y in range(box[2], box[3] + 1):
+                x0, x1 = _row_span(c, box, y, margin)
+                candidates += max(x1 - x0 + 1, 0)
+                for x in range(x0, x1 + 1):
+                    inside, d2 = _sample(c, edges, area2, x + 0.5, y + 0.5)[:2]
+                    if inside or d2 < d2_cutoff:
+                        kept += 1
+    return candidates, kept
 
 
 @_parallel
-def _forward(corners, colors, ortho, spans, starts, consts, rgba, aux):
-    """Fills rgba (B, H, W, C) and aux (B, H, W, 2) = [softmax maximum M, normaliser Z];
-    cameras in parallel, camera b's spans being spans[starts[b]:starts[b + 1]]."""
+def _forward(corners, colors, boxes, ortho, consts, rgba, aux):
+    """Fills rgba (B, H, W, C) and aux (B, H, W, 2) = [softmax maximum M, normaliser Z]
+    from corners and colors (B, F, 3, 3) and boxes (B, F, 4); cameras in parallel."""
     for cam in numba.prange(len(ortho)):
-        _forward_camera(corners[cam], colors[cam], ortho[cam], spans[starts[cam]:starts[cam + 1]],
-                        consts, rgba[cam], aux[cam])
+        _forward_camera(corners[cam], colors[cam], boxes[cam], ortho[cam], consts, rgba[cam],
+                        aux[cam])
 
 
 @_jit
-def _forward_camera(corners, colors, ortho, spans, consts, rgba, aux):
+def _forward_camera(corners, colors, boxes, ortho, consts, rgba, aux):
     """`_forward` for one camera: corners and colors (F, 3, 3), rgba (H, W, C)."""
     H, W, channels = rgba.shape
-    F = corners.shape[0]
     sigma, d2_cutoff, gamma, eps, near, far = consts[:6]
+    depth_scale, margin = 1.0 / ((far - near) * gamma), consts[9]
     log_t = np.zeros((H, W))
     if channels == 4:
         aux[..., 0] = eps / gamma
         aux[..., 1] = 1.0
         for ch in range(3):
             rgba[..., ch] = consts[6 + ch]
-    edges, b, beta = np.empty((3, 3)), np.empty(3), np.empty(3)
-    for s in range(len(spans)):
-        face, y = spans[s, 0] % F, spans[s, 1]
-        c, col = corners[face], colors[face]
-        _edge_table(c, edges)
-        for x in range(spans[s, 2], spans[s, 3] + 1):
-            inside, d2, _, _, e0, e1, e2 = _sample(c, edges, x + 0.5, y + 0.5)
-            if not (inside or d2 < d2_cutoff):
-                continue
-            _, prob, log_one_minus = _soft_coverage(inside, d2, sigma)
-            log_t[y, x] += log_one_minus
-            if channels == 1:
-                continue
-            depth = _interpolate(c, e0, e1, e2, ortho, b, beta)[0]
-            score = (far - depth) / (far - near) / gamma
-            peak = aux[y, x, 0]
-            if score > peak:  # rescale the running sums to the new maximum
-                scale = math.exp(peak - score)
-                aux[y, x, 1] *= scale
+    edges, inv_z, b, beta = np.empty((3, 3)), np.empty(3), np.empty(3), np.empty(3)
+    for face in range(len(corners)):
+        c, col, box = corners[face], colors[face], boxes[face]
+        if box[3] < box[2]:  # invalid, or outside the image
+            continue
+        area2 = _face_tables(c, edges, inv_z)
+        for y in range(box[2], box[3] + 1):
+            x0, x1 = _row_span(c, box, y, margin)
+            for x in range(x0, x1 + 1):
+                inside, d2, _, _, e0, e1, e2 = _sample(c, edges, area2, x + 0.5, y + 0.5)
+                if not (inside or d2 < d2_cutoff):
+                    continue
+                prob, log_one_minus = _soft_coverage(inside, d2, sigma)
+                log_t[y, x] += log_one_minus
+                if channels == 1:
+                    continue
+                depth = _interpolate(c, inv_z, e0, e1, e2, 1.0 / area2, ortho, b, beta)[0]
+                score = (far - depth) * depth_scale
+                peak = aux[y, x, 0]
+                if score > peak:  # rescale the running sums to the new maximum
+                    scale = math.exp(peak - score)
+                    aux[y, x, 1] *= scale
+                    for ch in range(3):
+                        rgba[y, x, ch] *= scale
+                    aux[y, x, 0] = peak = score
+                weight = prob * math.exp(score - peak)
+                aux[y, x, 1] += weight
                 for ch in range(3):
-                    rgba[y, x, ch] *= scale
-                aux[y, x, 0] = peak = score
-            weight = prob * math.exp(score - peak)
-            aux[y, x, 1] += weight
-            for ch in range(3):
-                rgba[y, x, ch] += weight * (
-                    beta[0] * col[0, ch] + beta[1] * col[1, ch] + beta[2] * col[2, ch])
+                    rgba[y, x, ch] += weight * (
+                        beta[0] * col[0, ch] + beta[1] * col[1, ch] + beta[2] * col[2, ch])
     rgba[..., channels - 1] = -np.expm1(log_t)
     if channels == 4:
         for ch in range(3):
@@ -336,77 +325,79 @@ def _forward_camera(corners, colors, ortho, spans, consts, rgba, aux):
 
 
 @_parallel
-def _backward(corners, colors, ortho, spans, starts, consts, rgba, aux, grad_rgba,
-              grad_screen, grad_colors):
+def _backward(corners, colors, boxes, ortho, consts, rgba, aux, grad_rgba, grad_screen,
+              grad_colors):
     """Accumulates into grad_screen and grad_colors (B, F, 3, 3) the gradients of
     sum(grad_rgba * rgba), from the forward pass's rgba and aux; cameras in parallel."""
     for cam in numba.prange(len(ortho)):
-        _backward_camera(corners[cam], colors[cam], ortho[cam],
-                         spans[starts[cam]:starts[cam + 1]], consts, rgba[cam], aux[cam],
-                         grad_rgba[cam], grad_screen[cam], grad_colors[cam])
+        _backward_camera(corners[cam], colors[cam], boxes[cam], ortho[cam], consts, rgba[cam],
+                         aux[cam], grad_rgba[cam], grad_screen[cam], grad_colors[cam])
 
 
 @_jit
-def _backward_camera(corners, colors, ortho, spans, consts, rgba, aux, grad_rgba, grad_screen,
+def _backward_camera(corners, colors, boxes, ortho, consts, rgba, aux, grad_rgba, grad_screen,
                      grad_colors):
     """`_backward` for one camera: (F, 3, 3) faces, (H, W, C) images."""
     channels = rgba.shape[2]
-    F = corners.shape[0]
-    sigma, d2_cutoff = consts[0], consts[1]
-    edges = np.empty((3, 3))
+    sigma, d2_cutoff, margin = consts[0], consts[1], consts[9]
+    edges, inv_z = np.empty((3, 3)), np.empty(3)
     scratch = np.empty((4, 3))  # b, beta, grad_beta, grad_b of `_color_backward`
-    for s in range(len(spans)):
-        face, y = spans[s, 0] % F, spans[s, 1]
-        c, grad_corner = corners[face], grad_screen[face]
-        _edge_table(c, edges)
-        for x in range(spans[s, 2], spans[s, 3] + 1):
-            grad = grad_rgba[y, x]
-            color_grad = channels == 4 and (grad[0] != 0.0 or grad[1] != 0.0 or grad[2] != 0.0)
-            if grad[channels - 1] == 0.0 and not color_grad:
-                continue
-            inside, d2, k, t, e0, e1, e2 = _sample(c, edges, x + 0.5, y + 0.5)
-            if not (inside or d2 < d2_cutoff):
-                continue
-            prob = _soft_coverage(inside, d2, sigma)[1]
-            # d alpha / d x_j = (1 - alpha) D_j
-            grad_x = grad[channels - 1] * (1.0 - rgba[y, x, channels - 1]) * prob
-            if color_grad:
-                grad_x += _color_backward(c, colors[face], ortho, consts, x + 0.5, y + 0.5,
-                                          (e0, e1, e2), prob, rgba[y, x], aux[y, x], grad,
-                                          grad_corner, grad_colors[face], scratch)
-            # Through x = +-d^2 / sigma to the closest edge's end points: d^2 = |p - q|^2,
-            # q = a + t (b - a)  =>  dd^2/da = -2 (p - q)(1 - t), dd^2/db = -2 (p - q) t.
-            grad_d2 = (grad_x if inside else -grad_x) / sigma
-            n = (k + 1) % 3
-            dx = x + 0.5 - (c[k, 0] + t * edges[k, 0])
-            dy = y + 0.5 - (c[k, 1] + t * edges[k, 1])
-            grad_corner[k, 0] -= 2.0 * dx * (1.0 - t) * grad_d2
-            grad_corner[k, 1] -= 2.0 * dy * (1.0 - t) * grad_d2
-            grad_corner[n, 0] -= 2.0 * dx * t * grad_d2
-            grad_corner[n, 1] -= 2.0 * dy * t * grad_d2
+    for face in range(len(corners)):
+        c, box, grad_corner = corners[face], boxes[face], grad_screen[face]
+        if box[3] < box[2]:  # invalid, or outside the image
+            continue
+        area2 = _face_tables(c, edges, inv_z)
+        for y in range(box[2], box[3] + 1):
+            x0, x1 = _row_span(c, box, y, margin)
+            for x in range(x0, x1 + 1):
+                grad = grad_rgba[y, x]
+                color_grad = channels == 4 and (grad[0] != 0.0 or grad[1] != 0.0 or
+                                                grad[2] != 0.0)
+                if grad[channels - 1] == 0.0 and not color_grad:
+                    continue
+                inside, d2, k, t, e0, e1, e2 = _sample(c, edges, area2, x + 0.5, y + 0.5)
+                if not (inside or d2 < d2_cutoff):
+                    continue
+                prob = _soft_coverage(inside, d2, sigma)[0]
+                # d alpha / d x_j = (1 - alpha) D_j
+                grad_x = grad[channels - 1] * (1.0 - rgba[y, x, channels - 1]) * prob
+                if color_grad:
+                    grad_x += _color_backward(c, inv_z, colors[face], ortho, consts, x + 0.5,
+                                              y + 0.5, (e0, e1, e2), 1.0 / area2, prob,
+                                              rgba[y, x], aux[y, x], grad, grad_corner,
+                                              grad_colors[face], scratch)
+                # Through x = +-d^2 / sigma to the closest edge's end points: d^2 = |p - q|^2,
+                # q = a + t (b - a)  =>  dd^2/da = -2 (p - q)(1 - t), dd^2/db = -2 (p - q) t.
+                grad_d2 = (grad_x if inside else -grad_x) / sigma
+                n = (k + 1) % 3
+                dx = x + 0.5 - (c[k, 0] + t * edges[k, 0])
+                dy = y + 0.5 - (c[k, 1] + t * edges[k, 1])
+                grad_corner[k, 0] -= 2.0 * dx * (1.0 - t) * grad_d2
+                grad_corner[k, 1] -= 2.0 * dy * (1.0 - t) * grad_d2
+                grad_corner[n, 0] -= 2.0 * dx * t * grad_d2
+                grad_corner[n, 1] -= 2.0 * dy * t * grad_d2
 
 
 @_inline
-def _color_backward(c, col, ortho, consts, px, py, edges, prob, out, aux, grad_out,
-                    grad_corner, grad_col, scratch):
+def _color_backward(c, inv_z, col, ortho, consts, px, py, e, inv_area2, prob, out, aux,
+                    grad_out, grad_corner, grad_col, scratch):
     """One pair's colour gradients: adds to grad_corner (3, 3) and grad_col (3, 3),
     returns d loss / d x_j through the softmax weight.
 
     dI/dD_j = e^(s_j - M) (C_j - I) / Z, dI/ds_j = w_j (C_j - I), dI/dC_j = w_j,
     w_j = D_j e^(s_j - M) / Z; then through the depth, beta and b to the corners.
     """
-    gamma, near, far = consts[2], consts[4], consts[5]
-    e, area2 = edges, edges[0] + edges[1] + edges[2]
+    depth_scale = 1.0 / ((consts[5] - consts[4]) * consts[2])
     b, beta, grad_beta, grad_b = scratch[0], scratch[1], scratch[2], scratch[3]
-    depth, inv_depth = _interpolate(c, e[0], e[1], e[2], ortho, b, beta)
-    score = (far - depth) / (far - near) / gamma
+    depth, inv_depth, raw_sum = _interpolate(c, inv_z, e[0], e[1], e[2], inv_area2, ortho, b,
+                                             beta)
     along = 0.0
     for ch in range(3):
         face_color = beta[0] * col[0, ch] + beta[1] * col[1, ch] + beta[2] * col[2, ch]
         along += grad_out[ch] * (face_color - out[ch])
-    softmax_exp = math.exp(score - aux[0])
+    softmax_exp = math.exp((consts[5] - depth) * depth_scale - aux[0])
     weight = prob * softmax_exp / aux[1]
-    grad_depth = -weight * along / gamma / (far - near)
+    grad_depth = -weight * along * depth_scale
     grad_beta[:] = 0.0
     for k in range(3):
         for ch in range(3):
@@ -422,20 +413,17 @@ def _color_backward(c, col, ortho, consts, px, py, edges, prob, out, aux, grad_o
         mean = grad_beta[0] * beta[0] + grad_beta[1] * beta[1] + grad_beta[2] * beta[2]
         for k in range(3):
             # u_k = b_k / z_k, beta_k = u_k / S, depth = 1 / S, S = sum u.
-            grad_u = (grad_beta[k] - mean) / inv_depth - grad_depth / (inv_depth * inv_depth)
-            grad_b[k] = grad_u / c[k, 2]
-            grad_corner[k, 2] -= grad_u * b[k] / (c[k, 2] * c[k, 2])
+            grad_u = (grad_beta[k] - mean) * depth - grad_depth * depth * depth
+            grad_b[k] = grad_u * inv_z[k]
+            grad_corner[k, 2] -= grad_u * b[k] * inv_z[k] * inv_z[k]
     # Through the clamp-and-renormalise to the raw barycentrics w_k = E_k / A.
-    raw_sum = 0.0
-    for k in range(3):
-        raw_sum += max(e[k] / area2, 0.0)
     mean_b = grad_b[0] * b[0] + grad_b[1] * b[1] + grad_b[2] * b[2]
     grad_area = 0.0
     for k in range(3):
-        raw = e[k] / area2
+        raw = e[k] * inv_area2
         grad_raw = (grad_b[k] - mean_b) / raw_sum if raw > 0.0 else 0.0
-        grad_edge = grad_raw / area2
-        grad_area -= grad_raw * raw / area2
+        grad_edge = grad_raw * inv_area2
+        grad_area -= grad_raw * raw * inv_area2
         # E_k = E(corner k+1, corner k+2, p): dE(a, b, p)/da = (b.y - p.y, p.x - b.x),
         # dE/db = (p.y - a.y, a.x - p.x).
         a, n = (k + 1) % 3, (k + 2) % 3

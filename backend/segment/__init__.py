@@ -6,13 +6,16 @@ May import `backend.core`, numpy, OpenCV and scipy; the multi-view check
 
 - `images`: image and mask files <-> float arrays.
 - `sources`: one silhouette per image, by mode: "alpha", "masks" (a mask file per
-  image, matched by name), "key" or "auto" (alpha, else masks when given, else key).
+  image, matched by name), "key", "learned" or "auto" (alpha, else masks when given,
+  else key).
 - `key`: the backdrop's colours estimated from the image border, a trimap from each
   pixel's distance to them, refined by GrabCut (`grabcut`), tidied (`cleanup`).
 - `consistency`: a consensus visual hull from the first masks, projected into every
   view; GrabCut re-seeded by it; views that disagree flagged with a reason.
+- `learned`: a U2-Net-class salient-object ONNX model the user names (onnxruntime).
 - `contact_sheet`: photo | mask | outlines, for reports.
-- `synthetic`: rendered photos with a known silhouette, for tests and benchmarks.
+- `synthetic`, `reference`: rendered photos with a known silhouette, and the temple
+  data set's mask recipe, for tests and benchmarks.
 
     from backend.segment.sources import silhouettes_from_files
     from backend.segment.consistency import check_views

@@ -7,15 +7,16 @@ edges), at the image's size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .images import read_image, read_mask
 from .key import KeySettings, key_silhouette
+from .learned import SalientObjectModel
 
-MODES = ("auto", "alpha", "masks", "key")
+MODES = ("auto", "alpha", "masks", "key", "learned")
 MASK_SUFFIXES = ("", "_mask", "-mask", ".mask")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp", ".webp")
 
@@ -25,14 +26,13 @@ _OPAQUE = 254.0 / 255.0
 
 @dataclass
 class Silhouette:
-    """name: the image's name; mask: (H, W) float32 in [0, 1]; source: "alpha", "mask"
-    or "key" (how it was found); path: the mask file for source "mask"."""
+    """name: the image's name; mask: (H, W) float32 in [0, 1]; source: "alpha", "mask",
+    "key" or "learned" (how it was found); path: the mask file for source "mask"."""
 
     name: str
     mask: np.ndarray
     source: str
     path: Path | None = None
-    messages: list[str] = field(default_factory=list)
 
 
 def has_transparency(image: np.ndarray) -> bool:
@@ -86,13 +86,14 @@ def mask_silhouette(path: str | Path, width: int, height: int, name: str) -> np.
 
 
 def silhouette(image: np.ndarray, name: str, mode: str = "auto",
-               mask_dir: str | Path | None = None,
-               key: KeySettings | None = None) -> Silhouette:
+               mask_dir: str | Path | None = None, key: KeySettings | None = None,
+               model: SalientObjectModel | None = None) -> Silhouette:
     """The silhouette of `image` (H, W, 3|4) float in [0, 1], named `name`.
 
     mode: "alpha" (the image's alpha), "masks" (a file in `mask_dir`, see `find_mask`),
-    "key" (the backdrop keyed out, see `backend.segment.key`), or "auto": alpha when the
-    image has transparency, else the mask when `mask_dir` is given, else key.
+    "key" (the backdrop keyed out, see `backend.segment.key`), "learned" (`model`, see
+    `backend.segment.learned`), or "auto": alpha when the image has transparency, else
+    the mask when `mask_dir` is given, else key.
     """
     if mode not in MODES:
         raise ValueError(f"silhouettes mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -107,11 +108,25 @@ def silhouette(image: np.ndarray, name: str, mode: str = "auto",
             raise ValueError("silhouettes 'masks' needs a masks folder")
         path = find_mask(name, mask_dir)
         return Silhouette(name, mask_silhouette(path, w, h, name), "mask", path)
+    if mode == "learned":
+        if model is None:
+            raise ValueError("silhouettes 'learned' needs a salient-object model file "
+                             "(U2-Net-class ONNX)")
+        return Silhouette(name, model.segment(image, name), "learned")
     return Silhouette(name, key_silhouette(image, name, key), "key")
 
 
 def silhouettes_from_files(image_paths: Sequence[str | Path], mode: str = "auto",
                            mask_dir: str | Path | None = None,
-                           key: KeySettings | None = None) -> list[Silhouette]:
-    """`silhouette` for each image file, named by its file name."""
-    return [silhouette(read_image(p), Path(p).name, mode, mask_dir, key) for p in image_paths]
+                           key: KeySettings | None = None,
+                           model_path: str | Path | None = None) -> list[Silhouette]:
+    """`silhouette` for each image file, named by its file name; mode "learned" loads
+    the model at `model_path` once."""
+    model = None
+    if mode == "learned":
+        if model_path is None:
+            raise ValueError("silhouettes 'learned' needs a salient-object model file "
+                             "(U2-Net-class ONNX): name one")
+        model = SalientObjectModel(model_path)
+    return [silhouette(read_image(p), Path(p).name, mode, mask_dir, key, model)
+            for p in image_paths]

@@ -89,11 +89,29 @@ def camera_centres(world_to_camera) -> np.ndarray:
     return -np.einsum("nji,nj->ni", poses[:, :3, :3], poses[:, :3, 3])
 
 
+def nearest_point_to_axes(origins, directions, min_spread: float = 0.01) -> np.ndarray | None:
+    """The point (3,) with the least summed squared distance to the lines
+    ``origins[i] + s * directions[i]`` ((N, 3) each, unit directions), or None when the
+    lines are too close to parallel: the smallest eigenvalue of mean(I - d d^T) below
+    ``min_spread`` (0.01: directions about 6 degrees apart)."""
+    directions = np.asarray(directions, dtype=np.float64)
+    projectors = np.eye(3) - directions[:, :, None] * directions[:, None, :]  # (N, 3, 3)
+    normal = projectors.sum(axis=0)
+    if np.linalg.eigvalsh(normal / len(directions))[0] < min_spread:
+        return None
+    return np.linalg.solve(normal, np.einsum("nij,nj->i", projectors, np.asarray(origins)))
+
+
 def rotation_angle_deg(a, b) -> np.ndarray:
-    """Angles (N,) in degrees of the rotations taking a (N, 3, 3) to b (N, 3, 3)."""
+    """Angles (N,) in degrees of the rotations taking a (N, 3, 3) to b (N, 3, 3).
+
+    atan2(sin, cos) of the relative rotation, accurate near 0 where arccos is not.
+    """
     relative = np.einsum("nij,nkj->nik", np.asarray(b), np.asarray(a))
     cosine = (np.trace(relative, axis1=1, axis2=2) - 1.0) / 2.0
-    return np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0)))
+    skew = relative - np.transpose(relative, (0, 2, 1))  # 2 sin(angle) [axis]_x
+    sine = np.linalg.norm(skew[:, [2, 0, 1], [1, 2, 0]], axis=1) / 2.0
+    return np.degrees(np.arctan2(sine, cosine))
 
 
 @dataclass(frozen=True)

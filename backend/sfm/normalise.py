@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .alignment import Similarity, camera_centres
+from .alignment import Similarity, camera_centres, nearest_point_to_axes
 from .result import SfmError, SolveResult
 
 UP_CHOICES = ("auto", "ring", "camera")
-MIN_AXIS_SPREAD = 0.01  # smallest eigenvalue of mean(I - d d^T): axes ~6 degrees apart
 MAX_PLANE_FLATNESS = 0.5  # ring plane: its normal's spread / the smaller in-plane spread
 MIN_SUBJECT_POINTS = 20
 SUBJECT_PERCENTILE = 90.0
@@ -56,13 +55,11 @@ def normalise_scene(result: SolveResult, *, up="auto",
 
 
 def _subject_centre(centres, forward, points) -> tuple[np.ndarray, str]:
-    """The least-squares point nearest to all optical axes, or (axes nearly parallel)
-    the median of the triangulated points."""
-    projectors = np.eye(3) - forward[:, :, None] * forward[:, None, :]  # (N, 3, 3)
-    normal = projectors.sum(axis=0)
-    if np.linalg.eigvalsh(normal / len(centres))[0] >= MIN_AXIS_SPREAD:
-        return (np.linalg.solve(normal, np.einsum("nij,nj->i", projectors, centres)),
-                "the point the cameras look at")
+    """The point nearest to all optical axes, or (axes nearly parallel) the median of
+    the triangulated points."""
+    centre = nearest_point_to_axes(centres, forward)
+    if centre is not None:
+        return centre, "the point the cameras look at"
     if len(points) == 0:
         raise SfmError("the cameras look in parallel and no points were triangulated: the "
                        "scene has no centre to put at the origin")
