@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -51,6 +52,7 @@ threads.apply()
 import numpy as np  # noqa: E402
 
 from backend.core.camera import blender_camera, orbit_cameras  # noqa: E402
+from backend.core.messages import View  # noqa: E402
 from softras_blender.client import BackendClient, default_backend_command  # noqa: E402
 
 FIT_ELEVATIONS = (-15.0, 15.0, 45.0)
@@ -110,8 +112,7 @@ def fit_views(size: int) -> list[dict]:
     for i, (cam, a) in enumerate(zip(cams, alpha.numpy(), strict=True)):
         image = np.ones((size, size, 4), np.float32)
         image[..., 3] = a
-        views.append({"name": f"view {i}", "camera": cam.to_dict(), "image": image,
-                      "held_out": i >= len(cams) - len(HELD_OUT)})
+        views.append(View(cam, image, f"view {i}", held_out=i >= len(cams) - len(HELD_OUT)))
     return views
 
 
@@ -205,20 +206,29 @@ def process_cpu_seconds(pid: int) -> float:
 
 def print_table(settings: list[Setting], loads: list[str], results: dict,
                 reported: dict) -> None:
+    """Median wall time (its ratio to the setting's idle time) and backend CPU time per
+    setting and load, then each setting's idle time against one thread's."""
     print("\n| setting | reported threads | " + " | ".join(loads) + " |")
     print("|---|---|" + "---|" * len(loads))
+    idle = {}
     for setting in settings:
-        cells, idle = [], None
+        cells = []
         for load in loads:
-            walls = [r["wall"] for r in results.get((setting.name, load), [])]
-            if not walls:
+            rows = results.get((setting.name, load), [])
+            if not rows:
                 cells.append("-")
                 continue
-            wall = statistics.median(walls)
-            idle = wall if load == "idle" else idle
-            ratio = f" ({wall / idle:.2f}x)" if idle and load != "idle" else ""
-            cells.append(f"{wall:.1f} s{ratio}")
+            wall = statistics.median(r["wall"] for r in rows)
+            cpu = statistics.median(r["cpu"] for r in rows)
+            if load == "idle":
+                idle[setting.name] = wall
+            ratio = f" ({wall / idle[setting.name]:.2f}x)" if setting.name in idle and \
+                load != "idle" else ""
+            cells.append(f"{wall:.1f} s{ratio}, CPU {cpu:.1f} s")
         print(f"| {setting.name} | {reported[setting.name]} | " + " | ".join(cells) + " |")
+    if "one-thread" in idle:
+        print("\nidle wall time against one thread: " + ", ".join(
+            f"{name} {wall / idle['one-thread']:.2f}x" for name, wall in idle.items()))
 
 
 def main(argv=None) -> None:
@@ -235,6 +245,8 @@ def main(argv=None) -> None:
                         help="CPU milliseconds the mimicked UI spends per 60 Hz frame")
     args = parser.parse_args(argv)
     settings = [BUILT_IN[name] for name in args.settings] + args.extra
+    # A terminated benchmark still stops its busy processes and backends (finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     print(f"machine: {os.cpu_count()} logical CPUs, {threads.physical_cores()} physical cores, "
           f"{platform.processor() or platform.machine()}, {platform.system()}; load average "
           f"{os.getloadavg()[0]:.1f} at start; fit: 24+8 views {args.size}x{args.size}, "

@@ -13,7 +13,8 @@ the target's bounding box. Methods:
 - large-steps+continuous: the same from the 12-triangle cube, `remesh` every few steps
   toward a target edge length shrinking geometrically to the finest of: 2 pixels of 16
   views of 256 px (`pixel_target_lengths`) and the face budget (`edge_length_for_faces`),
-  the optimiser's moments carried across (`vertex_state` / `replace_parameter`);
+  the optimiser's moments carried across (`vertex_state` / `replace_parameter`), then
+  `tangential_relaxation` evens the triangles;
 - large-steps+botsch: the same schedule, remeshed only at 4 points with
   `gpytoolbox.remesh_botsch` (isotropic, on the CPU); its vertices have no correspondence
   to the old ones, so the optimiser restarts after each remesh.
@@ -55,6 +56,7 @@ from backend.fit.remesh import (  # noqa: E402
     pixel_target_lengths,
     remesh,
     replace_parameter,
+    tangential_relaxation,
     vertex_state,
 )
 
@@ -63,6 +65,10 @@ TARGET_POINTS = 20000
 STEP_POINTS = 4000
 LAMBDA = 19.0
 PIXELS = 2.0
+RELAX = 0.5
+# Second moments that forget within a few steps: gradients shrink per vertex as the mesh
+# refines, and a carried, stale maximum would stall the uniform step.
+REMESH_BETAS = (0.8, 0.8)
 METHODS = ("adam-offsets", "large-steps", "large-steps+continuous", "large-steps+botsch")
 
 
@@ -151,13 +157,13 @@ def finest_lengths(v: np.ndarray, f: np.ndarray, cameras, max_faces: int) -> np.
 
 
 def fit_large_steps(v0, f0, loss_fn, steps, *, remesh_mode=None, cameras=None, max_faces=6000,
-                    lr=2e-2, remesh_every=5):
+                    lr=2e-2, remesh_every=5, betas=(0.9, 0.999)):
     """AdamUniform on u = (I + LAMBDA L) v; remesh_mode None, "continuous" or "botsch"."""
     v = torch.tensor(v0, dtype=torch.float32)
     f = torch.tensor(f0)
     system = SmoothSystem.build(f, len(v), lam=LAMBDA)
     u = torch.nn.Parameter(system.to_differential(v))
-    opt = AdamUniform([u], lr=lr)
+    opt = AdamUniform([u], lr=lr, betas=betas)
     gen = torch.Generator().manual_seed(0)
     start = 0.25
     botsch_at = {int(steps * x) for x in (0.1, 0.25, 0.4, 0.6)}
@@ -183,7 +189,7 @@ def _remeshed(mode, v, f, target_len, opt, u, max_faces):
     if mode == "continuous":
         r = remesh(v, f, torch.tensor(target_len, dtype=v.dtype), vertex_state(opt, u),
                    max_faces=max_faces)
-        v, f, carried = r.vertices, r.faces, r.attributes
+        v, f, carried = tangential_relaxation(r.vertices, r.faces, RELAX), r.faces, r.attributes
     else:
         import gpytoolbox
 
@@ -245,7 +251,7 @@ def main():
         else:
             v, f = fit_large_steps(cube_v, cube_f, loss_fn, args.steps,
                                    remesh_mode=method.split("+")[1], cameras=cameras,
-                                   max_faces=args.max_faces)
+                                   max_faces=args.max_faces, betas=REMESH_BETAS)
         seconds = time.perf_counter() - t0
         ang = min_angles(v, f)
         print(f"{method:<24} {seconds:7.1f} {chamfer_distance(v, f, tv, tf):8.5f} {len(f):6d} "

@@ -8,7 +8,10 @@ default RenderSettings, RGBA output with vertex colours (`render`), or with
 --silhouette the alpha alone (`render_silhouette`, what silhouette fitting uses).
 Each (implementation, case) runs in its own process so its peak memory is its own:
 peak RSS on the CPU, torch.cuda.max_memory_allocated on the GPU. Prints a Markdown
-table.
+table with the work of each case: the candidate (face, pixel) pairs the CPU
+rasterizer enumerates, the pairs among them inside the cutoff (D >= cutoff, the
+pairs both implementations shade), and those kept pairs per second for the forward
+and the backward pass (medians timed separately).
 """
 
 from __future__ import annotations
@@ -70,7 +73,14 @@ def run_case(impl: str, case: str, repeat: int, silhouette: bool) -> dict:
     import torch
 
     from backend.core.camera import blender_camera, orbit_cameras
-    from backend.render.renderer import Cameras, render, render_silhouette
+    from backend.render.raster_cpu import count_pairs
+    from backend.render.renderer import (
+        Cameras,
+        RenderSettings,
+        project_faces,
+        render,
+        render_silhouette,
+    )
 
     views, width, height, (rings, segments) = CASES[case]
     device = "cpu" if impl == "cpu" else "cuda"
@@ -82,32 +92,45 @@ def run_case(impl: str, case: str, repeat: int, silhouette: bool) -> dict:
     vertices, faces = vertices.to(device), faces.to(device)
     colors = torch.rand(vertices.shape, generator=torch.Generator().manual_seed(0)).to(device)
 
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
     def step():
+        """(forward seconds, backward seconds) of one render and its backward pass."""
         v = vertices.clone().requires_grad_()
+        start = time.perf_counter()
         if silhouette:
-            render_silhouette(v, faces, cams, backend=impl).sum().backward()
+            out = render_silhouette(v, faces, cams, backend=impl)
         else:
-            c = colors.clone().requires_grad_()
-            render(v, faces, cams, c, backend=impl).sum().backward()
+            out = render(v, faces, cams, colors.clone().requires_grad_(), backend=impl)
+        sync()
+        middle = time.perf_counter()
+        out.sum().backward()
+        sync()
+        return middle - start, time.perf_counter() - middle
 
     step()  # warm-up: kernel compilation / cache load, allocator
     if device == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times = [step() for _ in range(repeat)]
     if device == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    settings = RenderSettings()
+    candidates, kept = count_pairs(*project_faces(vertices, faces, cams, settings), width,
+                                   height, settings)
+
+    def median(values):
+        return sorted(values)[len(values) // 2] * 1e3
+
     return {"impl": impl, "case": case, "faces": int(faces.shape[0]),
-            "median_ms": sorted(times)[len(times) // 2] * 1e3, "min_ms": min(times) * 1e3,
-            "peak_mb": peak_mb}
+            "median_ms": median([f + b for f, b in times]),
+            "forward_ms": median([f for f, _ in times]),
+            "backward_ms": median([b for _, b in times]),
+            "min_ms": min(f + b for f, b in times) * 1e3, "peak_mb": peak_mb,
+            "candidates": candidates, "kept": kept}
 
 
 def machine(impls) -> str:
@@ -151,8 +174,9 @@ def main():
         sys.exit(f"cannot run the CUDA implementations: {cuda_available()[1]}")
     print(f"Machine: {machine(impls)}; output: {'alpha' if args.silhouette else 'RGBA'}")
     print("| case (views x image x faces) | implementation | forward+backward (median) "
-          "| peak memory |")
-    print("|---|---|---|---|")
+          "| forward | backward | candidate pairs | kept pairs | kept pairs/s forward "
+          "| kept pairs/s backward | peak memory |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results = {}
     for case in args.cases:
         for impl in impls:
@@ -163,12 +187,16 @@ def main():
                 + (["--silhouette"] if args.silhouette else []),
                 capture_output=True, text=True)
             if out.returncode != 0:
-                print(f"| {case} | {impl} | failed: {out.stderr.strip().splitlines()[-1]} | |")
+                print(f"| {case} | {impl} | failed: {out.stderr.strip().splitlines()[-1]} |")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
             results[(impl, case)] = r
             kind = "peak RSS" if impl == "cpu" else "GPU peak"
             print(f"| {case} ({r['faces']} faces) | {impl} | {r['median_ms']:.1f} ms "
+                  f"| {r['forward_ms']:.1f} ms | {r['backward_ms']:.1f} ms "
+                  f"| {r['candidates'] / 1e6:.2f} M | {r['kept'] / 1e6:.2f} M "
+                  f"| {r['kept'] / r['forward_ms'] / 1e3:.1f} M/s "
+                  f"| {r['kept'] / r['backward_ms'] / 1e3:.1f} M/s "
                   f"| {r['peak_mb']:.0f} MB {kind} |", flush=True)
     for case in args.cases:
         if ("cuda", case) in results and ("cuda-naive", case) in results:

@@ -1,7 +1,7 @@
 """Photos for structure from motion: Cycles renders of the textured Spot cow on a textured
 floor from a ring of known cameras, and those cameras as a COLMAP text model.
 
-    python -m devtools.sfm_scene --out out/sfm [--azimuths 8 --elevations 15 30 45]
+    python -m devtools.sfm_scene --out out/sfm [--azimuths 8 --elevations 20 35 50]
                                  [--width 640 --height 480] [--samples 16]
 
 Writes ``<out>/images/view_<ring>_<i>.png`` (8-bit sRGB, opaque) and the true cameras
@@ -37,7 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/sfm"), help="output folder")
     parser.add_argument("--azimuths", type=int, default=8, help="cameras per ring")
-    parser.add_argument("--elevations", type=float, nargs="+", default=[15.0, 30.0, 45.0],
+    parser.add_argument("--elevations", type=float, nargs="+", default=[20.0, 35.0, 50.0],
                         help="ring elevations in degrees")
     parser.add_argument("--distance", type=float, default=3.5, help="ring radius (to the cow)")
     parser.add_argument("--width", type=int, default=640)
@@ -47,12 +47,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def ground_grid(height: float, count: int = 161) -> tuple[np.ndarray, np.ndarray]:
+    """A FLOOR_SIZE square of gentle hills around a flat middle, as a triangle grid.
+
+    Returns vertices (count * count, 3) float64 and faces (F, 3) int64. The hills give
+    the photos depth beyond one plane: matches on a plane alone leave the focal
+    length undetermined, and COLMAP then fails to start a model.
+    """
+    side = np.linspace(-FLOOR_SIZE / 2.0, FLOOR_SIZE / 2.0, count)
+    x, y = np.meshgrid(side, side, indexing="xy")
+    flat_middle = 1.0 - np.exp(-(x**2 + y**2) / 1.5)
+    hills = np.sin(1.7 * x + 0.3) * np.cos(1.3 * y) + 0.5 * np.sin(3.1 * x - 2.3 * y + 1.0)
+    z = height + 0.25 * flat_middle * hills
+    vertices = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
+    corner = (np.arange(count - 1)[None, :] + count * np.arange(count - 1)[:, None]).ravel()
+    faces = np.concatenate([np.stack([corner, corner + 1, corner + count + 1], axis=1),
+                            np.stack([corner, corner + count + 1, corner + count], axis=1)])
+    return vertices, faces.astype(np.int64)
+
+
 def _add_floor(scene, height: float):
-    """A FLOOR_SIZE square at z = ``height`` with a high-contrast procedural texture."""
-    half = FLOOR_SIZE / 2.0
-    corners = [(-half, -half, height), (half, -half, height), (half, half, height),
-               (-half, half, height)]
-    floor = cycles.add_mesh(corners, [[0, 1, 2], [0, 2, 3]], name="floor", scene=scene)
+    """The hilly ground (`ground_grid`) with a high-contrast procedural texture."""
+    floor = cycles.add_mesh(*ground_grid(height), name="floor", scene=scene)
     material = cycles.bpy.data.materials.new("floor")
     material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
@@ -61,8 +77,9 @@ def _add_floor(scene, height: float):
     bsdf.inputs["Specular IOR Level"].default_value = 0.0
     # Sharp-edged blobs at several scales (thresholded fractal noise) over coloured
     # cells: corners and blobs for SIFT everywhere, nothing periodic to mismatch.
+    coordinates = nodes.new("ShaderNodeTexCoord")  # object space: scene units, no stretch
     noise = nodes.new("ShaderNodeTexNoise")
-    noise.inputs["Scale"].default_value = 14.0
+    noise.inputs["Scale"].default_value = 1.4
     noise.inputs["Detail"].default_value = 15.0
     noise.inputs["Roughness"].default_value = 0.65
     ramp = nodes.new("ShaderNodeValToRGB")
@@ -71,11 +88,13 @@ def _add_floor(scene, height: float):
     ramp.color_ramp.elements[1].position = 0.5
     ramp.color_ramp.elements[1].color = (1.0, 1.0, 1.0, 1.0)
     cells = nodes.new("ShaderNodeTexVoronoi")
-    cells.inputs["Scale"].default_value = 4.0
+    cells.inputs["Scale"].default_value = 0.4
     mix = nodes.new("ShaderNodeMix")
     mix.data_type = "RGBA"
     mix.blend_type = "MULTIPLY"
     mix.inputs["Factor"].default_value = 1.0
+    links.new(coordinates.outputs["Object"], noise.inputs["Vector"])
+    links.new(coordinates.outputs["Object"], cells.inputs["Vector"])
     links.new(noise.outputs["Fac"], ramp.inputs["Fac"])
     links.new(ramp.outputs["Color"], mix.inputs["A"])
     links.new(cells.outputs["Color"], mix.inputs["B"])
@@ -104,7 +123,7 @@ def build_scene(samples: int):
     return scene, (vertices.min(axis=0) + vertices.max(axis=0)) / 2.0
 
 
-def render_views(out: Path, *, azimuths: int = 8, elevations=(15.0, 30.0, 45.0),
+def render_views(out: Path, *, azimuths: int = 8, elevations=(20.0, 35.0, 50.0),
                  distance: float = 3.5, width: int = 640, height: int = 480,
                  lens: float = 35.0, samples: int = 16) -> list[CameraRecord]:
     """Render the ring into ``out/images`` and write the truth to ``out/truth``.

@@ -1,6 +1,6 @@
 """The fit's settings, saved with the scene (``scene.softras``).
 
-The live status of a running fit is plain Python state in `operators`, so it is
+The live status of a running fit is plain Python state in `runtime`, so it is
 never saved into a .blend file nor touched by undo.
 """
 

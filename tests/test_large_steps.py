@@ -94,7 +94,7 @@ def test_large_steps_smooth_a_noisy_gradient_step():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_cuda_solve_matches_the_cpu():
     v, f = icosphere(2)
     u = torch.randn(len(v), 3)

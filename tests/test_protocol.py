@@ -11,7 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from backend.core import protocol
+from backend.core import messages, protocol
+from backend.core.camera import CameraMatrices
 from backend.core.protocol import (
     ALLOWED_DTYPES,
     MAGIC,
@@ -346,3 +347,58 @@ def test_pickles_are_never_executed(tmp_path):
             continue
         assert message["fit_id"] == payload.hex()  # a string stays a string
     assert not os.path.exists(marker)
+
+
+# -- the messages (backend/core/messages.py) -----------------------------------------------
+
+
+def test_a_start_fit_built_by_the_client_parses_back_on_the_backend():
+    camera = CameraMatrices.from_dict(CAMERA)
+    vertices = RNG.standard_normal((50, 3)).astype(np.float32)
+    faces = RNG.integers(0, 50, (96, 3)).astype(np.int32)
+    image = RNG.integers(0, 256, (32, 32, 4), dtype=np.uint8)
+    views = [messages.View(camera, image, "cam0"), messages.View(camera, image / 255.0,
+                                                                 "cam1", held_out=True)]
+    sent = messages.start_fit(7, vertices, faces, views, {"iterations": 5})
+    request = messages.parse_start_fit(decode_frame(encode_frame(sent)))
+    assert request.fit_id == 7 and request.options == {"iterations": 5}
+    np.testing.assert_array_equal(request.vertices, vertices)
+    np.testing.assert_array_equal(request.faces, faces)
+    assert [(v.name, v.held_out) for v in request.views] == [("cam0", False), ("cam1", True)]
+    assert all(v.image.dtype == np.float32 for v in request.views)  # uint8 scaled to [0, 1]
+    np.testing.assert_allclose(request.views[0].image, request.views[1].image, atol=1e-6)
+    np.testing.assert_array_equal(request.views[1].camera.intrinsics, camera.intrinsics)
+
+
+@pytest.mark.parametrize("change, text", [
+    ({"views": [{"name": "x", "camera": CAMERA}]}, "has no image array"),
+    ({"views": [{"image": np.zeros((2, 2, 4), np.float32)}]}, "malformed fit request"),
+    ({"vertices": [[0.0, 0.0, 0.0]]}, "vertices must be an array or null"),
+    ({"options": 3}, "malformed fit request"),
+], ids=["no-image", "no-camera", "list-vertices", "options"])
+def test_a_malformed_start_fit_is_a_value_error_saying_what_is_wrong(change, text):
+    message = {**messages.start_fit(1, None, None, []), **change}
+    with pytest.raises(ValueError, match=text):
+        messages.parse_start_fit(message)
+
+
+def test_newer_vertices_keep_an_unread_topology_change_of_the_same_fit():
+    faces = np.zeros((1, 3), np.int32)
+    first = messages.vertices(1, 0, np.zeros((4, 3)), faces)
+    second = messages.vertices(1, 5, np.ones((4, 3)), None)
+    kept = messages.newest_vertices(first, second)
+    assert kept["iteration"] == 5 and kept["faces"] is first["faces"]
+    other_fit = messages.vertices(2, 0, np.ones((4, 3)), None)
+    assert messages.newest_vertices(first, other_fit)["faces"] is None
+    assert messages.newest_vertices(None, second) is second
+
+
+def test_every_built_message_passes_the_frame_check():
+    built = [messages.cancel(None), messages.shutdown(),
+             messages.heartbeat(False, None, 0, 1.5),
+             messages.error(None, "no torch", kind="missing_dependency", fatal=True),
+             messages.vertices(3, 10, np.zeros((4, 3)), None)]
+    for message in built:
+        assert decode_frame(encode_frame(message))["type"] == message["type"]
+    with pytest.raises(ValueError, match="error kind must be one of"):
+        messages.error(None, "?", kind="oops", fatal=False)

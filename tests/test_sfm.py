@@ -18,6 +18,7 @@ from backend.sfm import (
     SolveCancelled,
     SolvedCamera,
     SolveResult,
+    list_photos,
     normalise_scene,
     pose_errors,
     solve_cameras,
@@ -214,6 +215,18 @@ def test_too_few_photos_and_a_missing_folder_are_refused(tmp_path):
         solve_cameras(tmp_path / "two", ordering="random")
 
 
+def test_photos_are_listed_in_natural_order_from_a_folder_or_a_list(tmp_path):
+    folder = write_photos(tmp_path / "p", ["plain"] * 3)
+    for old, new in (("photo_0", "view_10"), ("photo_1", "view_2"), ("photo_2", "view_1")):
+        (folder / f"{old}.png").rename(folder / f"{new}.png")
+    (folder / "notes.txt").write_text("not a photo")
+    assert list_photos(folder) == (folder, ["view_1.png", "view_2.png", "view_10.png"])
+    files = [folder / "view_2.png", folder / "view_10.png", folder / "view_1.png"]
+    assert list_photos(files)[1] == ["view_1.png", "view_2.png", "view_10.png"]
+    with pytest.raises(SfmError, match="do not exist"):
+        list_photos([folder / "view_1.png", folder / "missing.png"])
+
+
 @needs_pycolmap
 def test_missing_pycolmap_names_the_pip_command(tmp_path, monkeypatch):
     import importlib.util
@@ -256,3 +269,29 @@ def test_cancel_stops_the_solve_promptly(tmp_path):
     assert caught.value.stage == "features"
     assert "cancelled during features" in str(caught.value)
 
+
+
+# --- end to end ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+@needs_pycolmap
+def test_solve_recovers_the_cameras_of_cycles_renders(tmp_path):
+    """Spot on textured hills from a 2 x 8 ring at 320x240 (devtools/sfm_scene.py): every
+    photo registers and the poses match the truth after a similarity."""
+    pytest.importorskip("bpy")
+    from devtools.sfm_scene import render_views
+
+    truth = render_views(tmp_path, azimuths=8, elevations=(20.0, 35.0), width=320, height=240,
+                         lens=35.0, samples=4)
+    stages_seen = set()
+    result = solve_cameras(tmp_path / "images", normalise=False,
+                           on_progress=lambda stage, *_: stages_seen.add(stage))
+    assert stages_seen == {"features", "matching", "mapping"}
+    assert result.registered == [record.image for record in truth]
+    assert result.unregistered == ()
+    errors = pose_errors(np.stack([c.camera.world_to_camera for c in result.cameras]),
+                         np.stack([r.camera.world_to_camera for r in truth]))
+    assert errors.rotation_deg.max() < 0.5
+    assert errors.centre.max() < 0.01 * 3.5  # the ring's radius (render_views' distance)

@@ -24,7 +24,6 @@ def test_automatic_uses_the_physical_cores_and_passive_waiting():
     assert (settings.count, settings.origin, settings.wait_policy) == (6, "automatic", "PASSIVE")
     assert settings.environment == {"OMP_NUM_THREADS": "6", "MKL_NUM_THREADS": "6",
                                     "OMP_WAIT_POLICY": "PASSIVE"}
-    assert settings.to_message() == {"count": 6, "wait_policy": "PASSIVE"}
 
 
 def test_a_user_omp_num_threads_is_respected_when_automatic():
@@ -117,6 +116,20 @@ def test_hyper_threads_of_one_core_count_once(tmp_path):
 
 def test_an_unreadable_sysfs_gives_no_answer(tmp_path):
     assert threads._linux_sys_cores([0], tmp_path) is None
+
+
+@pytest.mark.parametrize(("files", "limit"), [
+    ({"cpu.max": "250000 100000\n"}, 3),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_a_container_cpu_quota_limits_the_cores(tmp_path, files, limit):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert threads._cgroup_cpu_limit(tmp_path) == limit
 
 
 CPUINFO = "".join(f"processor\t: {cpu}\nphysical id\t: 0\ncore id\t\t: {cpu % 2}\n\n"

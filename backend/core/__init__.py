@@ -5,6 +5,8 @@ torch, CuPy, scipy or bpy, nor any other backend sub-package:
 
 - `camera`: Blender's camera model as plain matrices.
 - `camera_files`: cameras from and to COLMAP, transforms.json and Middlebury files.
+- `messages`: every message between the add-on and the backend: fields, builders, parsers.
 - `options`: `FitOptions` and its defaults, shared with the add-on's panel.
-- `protocol`: the wire format between the add-on and the backend process.
+- `protocol`: the wire format (frames) between the add-on and the backend process.
+- `requirements`: the backend's Python packages (standard library only, old Pythons too).
 """

@@ -11,9 +11,10 @@ environment once, when torch loads it, so `apply` must run before torch is impor
 the benchmarks call it first thing.
 
 The policy, measured in docs/benchmarks.md:
-- threads: all physical cores (hyper-threads share a core's arithmetic units and only
-  add barrier waits), or what ``--threads N`` / the add-on's "CPU Threads" asks for,
-  or ``OMP_NUM_THREADS`` when the user set it;
+- threads: what ``--threads N`` / the add-on's "CPU Threads" asks for, else
+  ``OMP_NUM_THREADS`` when the user set it, else all physical cores (hyper-threads
+  share a core's arithmetic units, so a second thread per core mostly adds barrier
+  waits; not measured here, the project's 2-core machine has none);
 - waiting: ``OMP_WAIT_POLICY=PASSIVE`` (threads sleep at once instead of spinning),
   unless the user set any of the variables that control waiting.
 
@@ -56,10 +57,6 @@ class ThreadSettings:
     origin: str
     environment: dict[str, str]
 
-    def to_message(self) -> dict:
-        """The hello message's "threads" field: {"count": int, "wait_policy": str}."""
-        return {"count": self.count, "wait_policy": self.wait_policy}
-
 
 def choose(requested: int = 0, environ: Mapping[str, str] | None = None,
            cores: int | None = None) -> ThreadSettings:
@@ -81,7 +78,7 @@ def choose(requested: int = 0, environ: Mapping[str, str] | None = None,
     else:
         count, origin = (physical_cores() if cores is None else cores), "automatic"
     environment = {name: str(count) for name in COUNT_VARIABLES}
-    own_wait = {name: environ[name] for name in WAIT_VARIABLES if environ.get(name, "").strip()}
+    own_wait = _own_wait(environ)
     if own_wait:
         wait_policy = describe_wait(own_wait)
     else:
@@ -110,9 +107,13 @@ def in_effect(count: int, environ: Mapping[str, str] | None = None) -> dict:
     """What a running backend reports in its hello message: ``count`` (torch's
     get_num_threads()) and the wait policy its environment gave the OpenMP runtime
     ("default" where nothing was set: the runtime spins for a while)."""
-    environ = os.environ if environ is None else environ
-    own = {name: environ[name] for name in WAIT_VARIABLES if environ.get(name, "").strip()}
+    own = _own_wait(os.environ if environ is None else environ)
     return {"count": int(count), "wait_policy": describe_wait(own) if own else "default"}
+
+
+def _own_wait(environ: Mapping[str, str]) -> dict[str, str]:
+    """The wait variables set (non-empty) in ``environ``, name -> value."""
+    return {name: environ[name] for name in WAIT_VARIABLES if environ.get(name, "").strip()}
 
 
 def describe_wait(variables: Mapping[str, str]) -> str:
@@ -137,16 +138,19 @@ def physical_cores() -> int:
     """Physical cores this process may run on (at least 1).
 
     Linux: distinct (package, core) pairs of the CPUs in the affinity mask, from
-    /sys or else /proc/cpuinfo; macOS: sysctl hw.physicalcpu; Windows: the processor
-    cores GetLogicalProcessorInformation lists. Where none of these answers (another
-    OS, a sandbox hiding /sys and /proc), the logical CPU count: the only portable
-    figure, at worst one thread per hyper-thread.
+    /sys or else /proc/cpuinfo, no more than a container's CPU quota; macOS: sysctl
+    hw.physicalcpu; Windows: the processor cores GetLogicalProcessorInformation
+    lists. Where none of these answers (another OS, a sandbox hiding /sys and /proc),
+    the logical CPU count: the only portable figure, at worst one thread per
+    hyper-thread.
     """
     system = platform.system()
     if system == "Linux":
         cpus = sorted(os.sched_getaffinity(0))
         count = _linux_sys_cores(cpus, Path("/sys/devices/system/cpu")) or _cpuinfo_cores(
             _read_text(Path("/proc/cpuinfo")), cpus)
+        quota = _cgroup_cpu_limit(Path("/sys/fs/cgroup"))
+        count = min(count, quota) if count and quota else count
     elif system == "Darwin":
         count = _sysctl_int("hw.physicalcpu")
     elif system == "Windows":
@@ -168,6 +172,20 @@ def _linux_sys_cores(cpus: list[int], root: Path) -> int | None:
             return None
         cores.add((package.strip(), core.strip()))
     return len(cores) or None
+
+
+def _cgroup_cpu_limit(root: Path) -> int | None:
+    """A container's CPU quota in whole CPUs (rounded up), from cgroup v2's cpu.max
+    ("200000 100000") or v1's cfs_quota_us / cfs_period_us; None when unlimited."""
+    text = _read_text(root / "cpu.max")
+    if text is not None:
+        quota, _, period = text.strip().partition(" ")
+    else:
+        quota = (_read_text(root / "cpu" / "cpu.cfs_quota_us") or "-1").strip()
+        period = (_read_text(root / "cpu" / "cpu.cfs_period_us") or "100000").strip()
+    if not quota.isdigit() or not period.isdigit() or int(period) == 0:
+        return None  # "max", -1 (no quota) or unreadable
+    return max(1, -(-int(quota) // int(period)))
 
 
 def _cpuinfo_cores(text: str | None, cpus: list[int]) -> int | None:

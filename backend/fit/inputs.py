@@ -23,6 +23,7 @@ from .visual_hull import (
     bbox_sphere,
     object_bounds,
     sphere_subdivisions_for,
+    touches_border,
     visual_hull,
 )
 
@@ -156,7 +157,7 @@ def _silhouette_use(name: str, mask: np.ndarray) -> tuple[bool, str]:
     if mask.all():
         return False, (f"{name}: the silhouette fills the whole image, so it says nothing about "
                        "the outline and was not fitted; move the camera back or crop less")
-    if mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any():
+    if touches_border(mask):
         return True, (f"{name}: the silhouette is cut by the image border; fitted anyway, "
                       "but the object's hidden part is not constrained by this view")
     return True, ""

@@ -384,6 +384,29 @@ def _flip(mesh: _Mesh) -> int:
     return len(idx)
 
 
+def tangential_relaxation(vertices: torch.Tensor, faces: torch.Tensor,
+                          weight: float = 0.5) -> torch.Tensor:
+    """Move each vertex `weight` of the way toward its neighbours' mean, in its tangent plane.
+
+    Evens out triangle shapes (Botsch-Kobbelt's relaxation step) while leaving the surface
+    where it is to first order. vertices (V, 3) float, faces (F, 3) int64 -> (V, 3).
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"the relaxation weight must be in [0, 1], got {weight}")
+    v = vertices.detach()
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # each edge both ways
+    total = torch.zeros_like(v).index_add_(0, e[:, 0], v[e[:, 1]])
+    count = torch.bincount(e[:, 0], minlength=len(v)).clamp_min(1).to(v.dtype)
+    p = v[faces]
+    face_normal = torch.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=1)
+    normal = torch.zeros_like(v).index_add_(0, faces.reshape(-1), face_normal.repeat_interleave(
+        3, dim=0))
+    normal = torch.nn.functional.normalize(normal, dim=1)
+    move = total / count[:, None] - v
+    move -= (move * normal).sum(dim=1, keepdim=True) * normal
+    return v + weight * move
+
+
 def vertex_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
     """The optimiser's per-vertex state of `param` (V, ...): {name: (V, ...) tensor}.
 

@@ -60,9 +60,13 @@ class Silhouettes:
                     f"{cam.width}x{cam.height}"
                 )
             sdfs.append(silhouette_sdf(mask))
-            cut.append(bool(mask[0].any() or mask[-1].any() or mask[:, 0].any()
-                            or mask[:, -1].any()))
+            cut.append(touches_border(mask))
         return Silhouettes(list(cameras), sdfs, cut, names)
+
+
+def touches_border(mask: np.ndarray) -> bool:
+    """Whether a silhouette mask (H, W) bool reaches the image border (is cut by it)."""
+    return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
 
 
 def silhouette_sdf(mask: np.ndarray) -> np.ndarray:

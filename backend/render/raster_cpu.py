@@ -73,7 +73,7 @@ class SoftRasterizeCpu(torch.autograd.Function):
         ortho = orthographic.detach().cpu().numpy().astype(np.bool_)
         consts = _constants(settings)
         rgba = np.empty((B, height, width, 1 if face_colors is None else 4))
-        aux = np.empty((B, height, width, 2))
+        aux = np.empty((B, height, width, 3))
         _use_torch_threads()
         _forward(corners, colors, boxes, ortho, consts, rgba, aux)
         ctx.saved = (corners, colors, boxes, ortho, consts, rgba, aux)
@@ -215,17 +215,18 @@ def _sample(c, edges, area2, px, py):
 @_inline
 def _interpolate(c, inv_z, e0, e1, e2, inv_area2, ortho, b, beta):
     """Clamped, renormalised barycentrics into b (3,), perspective-correct weights into
-    beta (3,). Returns (depth, S, R): S = sum_m b_m / z_m (1 when orthographic) and R
-    the sum of the clamped raw barycentrics E_m / A."""
+    beta (3,). Returns (depth, S, 1 / R): S = sum_m b_m / z_m (1 when orthographic) and
+    R the sum of the clamped raw barycentrics E_m / A."""
     b[0], b[1], b[2] = max(e0 * inv_area2, 0.0), max(e1 * inv_area2, 0.0), max(
         e2 * inv_area2, 0.0)
     raw_sum = b[0] + b[1] + b[2]
+    inv_raw_sum = 1.0 / raw_sum
     for k in range(3):
-        b[k] /= raw_sum
+        b[k] *= inv_raw_sum
     if ortho:
         for k in range(3):
             beta[k] = b[k]
-        return b[0] * c[0, 2] + b[1] * c[1, 2] + b[2] * c[2, 2], 1.0, raw_sum
+        return b[0] * c[0, 2] + b[1] * c[1, 2] + b[2] * c[2, 2], 1.0, inv_raw_sum
     inv_depth = 0.0
     for k in range(3):
         beta[k] = b[k] * inv_z[k]
@@ -233,16 +234,16 @@ def _interpolate(c, inv_z, e0, e1, e2, inv_area2, ortho, b, beta):
     depth = 1.0 / inv_depth
     for k in range(3):
         beta[k] *= depth
-    return depth, inv_depth, raw_sum
+    return depth, inv_depth, inv_raw_sum
 
 
 @_inline
 def _soft_coverage(inside, d2, sigma):
-    """(D, log(1 - D)) of a pair: D = sigmoid(x), x = +-d^2 / sigma, without overflow."""
-    x = (d2 if inside else -d2) / sigma
-    decay = math.exp(-abs(x))
-    prob = 1.0 / (1.0 + decay) if x >= 0.0 else decay / (1.0 + decay)
-    return prob, -(max(x, 0.0) + math.log1p(decay))
+    """(D, 1 - D) of a pair, D = sigmoid(x) with x = +-d^2 / sigma, each to full
+    relative precision (1 - D is not computed as a difference)."""
+    decay = math.exp(-d2 / sigma)  # e^-|x|
+    low, high = decay / (1.0 + decay), 1.0 / (1.0 + decay)
+    return (high, low) if inside else (low, high)
 
 
 @_jit
@@ -269,11 +270,14 @@ def _count_pairs(corners, boxes, consts):
 
 @_parallel
 def _forward(corners, colors, boxes, ortho, consts, rgba, aux):
-    """Fills rgba (B, H, W, C) and aux (B, H, W, 2) = [softmax maximum M, normaliser Z]
+    """Fills rgba (B, H, W, C) and aux (B, H, W, 3) = [transparency prod_j (1 - D_j),
+    softmax maximum M, normaliser Z]
     from corners and colors (B, F, 3, 3) and boxes (B, F, 4); cameras in parallel."""
+    chunk = numba.set_parallel_chunksize(1)  # a camera at a time: balanced when cores are busy
     for cam in numba.prange(len(ortho)):
         _forward_camera(corners[cam], colors[cam], boxes[cam], ortho[cam], consts, rgba[cam],
                         aux[cam])
+    numba.set_parallel_chunksize(chunk)
 
 
 @_jit
@@ -282,10 +286,11 @@ def _forward_camera(corners, colors, boxes, ortho, consts, rgba, aux):
     H, W, channels = rgba.shape
     sigma, d2_cutoff, gamma, eps, near, far = consts[:6]
     depth_scale, margin = 1.0 / ((far - near) * gamma), consts[9]
-    log_t = np.zeros((H, W))
+    transparency = aux[..., 0]
+    transparency[...] = 1.0
     if channels == 4:
-        aux[..., 0] = eps / gamma
-        aux[..., 1] = 1.0
+        aux[..., 1] = eps / gamma
+        aux[..., 2] = 1.0
         for ch in range(3):
             rgba[..., ch] = consts[6 + ch]
     edges, inv_z, b, beta = np.empty((3, 3)), np.empty(3), np.empty(3), np.empty(3)
@@ -294,34 +299,35 @@ def _forward_camera(corners, colors, boxes, ortho, consts, rgba, aux):
         if box[3] < box[2]:  # invalid, or outside the image
             continue
         area2 = _face_tables(c, edges, inv_z)
+        inv_area2 = 1.0 / area2
         for y in range(box[2], box[3] + 1):
             x0, x1 = _row_span(c, box, y, margin)
             for x in range(x0, x1 + 1):
                 inside, d2, _, _, e0, e1, e2 = _sample(c, edges, area2, x + 0.5, y + 0.5)
                 if not (inside or d2 < d2_cutoff):
                     continue
-                prob, log_one_minus = _soft_coverage(inside, d2, sigma)
-                log_t[y, x] += log_one_minus
+                prob, one_minus = _soft_coverage(inside, d2, sigma)
+                transparency[y, x] *= one_minus
                 if channels == 1:
                     continue
-                depth = _interpolate(c, inv_z, e0, e1, e2, 1.0 / area2, ortho, b, beta)[0]
+                depth = _interpolate(c, inv_z, e0, e1, e2, inv_area2, ortho, b, beta)[0]
                 score = (far - depth) * depth_scale
-                peak = aux[y, x, 0]
+                peak = aux[y, x, 1]
                 if score > peak:  # rescale the running sums to the new maximum
                     scale = math.exp(peak - score)
-                    aux[y, x, 1] *= scale
+                    aux[y, x, 2] *= scale
                     for ch in range(3):
                         rgba[y, x, ch] *= scale
-                    aux[y, x, 0] = peak = score
+                    aux[y, x, 1] = peak = score
                 weight = prob * math.exp(score - peak)
-                aux[y, x, 1] += weight
+                aux[y, x, 2] += weight
                 for ch in range(3):
                     rgba[y, x, ch] += weight * (
                         beta[0] * col[0, ch] + beta[1] * col[1, ch] + beta[2] * col[2, ch])
-    rgba[..., channels - 1] = -np.expm1(log_t)
+    rgba[..., channels - 1] = 1.0 - transparency
     if channels == 4:
         for ch in range(3):
-            rgba[..., ch] /= aux[..., 1]
+            rgba[..., ch] /= aux[..., 2]
 
 
 @_parallel
@@ -329,43 +335,53 @@ def _backward(corners, colors, boxes, ortho, consts, rgba, aux, grad_rgba, grad_
               grad_colors):
     """Accumulates into grad_screen and grad_colors (B, F, 3, 3) the gradients of
     sum(grad_rgba * rgba), from the forward pass's rgba and aux; cameras in parallel."""
+    chunk = numba.set_parallel_chunksize(1)
     for cam in numba.prange(len(ortho)):
         _backward_camera(corners[cam], colors[cam], boxes[cam], ortho[cam], consts, rgba[cam],
                          aux[cam], grad_rgba[cam], grad_screen[cam], grad_colors[cam])
+    numba.set_parallel_chunksize(chunk)
 
 
 @_jit
 def _backward_camera(corners, colors, boxes, ortho, consts, rgba, aux, grad_rgba, grad_screen,
                      grad_colors):
-    """`_backward` for one camera: (F, 3, 3) faces, (H, W, C) images."""
+    """`_backward` for one camera: (F, 3, 3) faces, (H, W, C) images.
+
+    The per-pixel loop reads array elements, never slices: a slice (a view) costs
+    atomic reference counting, more than the arithmetic of a pair.
+    """
     channels = rgba.shape[2]
     sigma, d2_cutoff, margin = consts[0], consts[1], consts[9]
     edges, inv_z = np.empty((3, 3)), np.empty(3)
-    scratch = np.empty((4, 3))  # b, beta, grad_beta, grad_b of `_color_backward`
+    b, beta, grad_beta, grad_b = np.empty(3), np.empty(3), np.empty(3), np.empty(3)
+    grad_rgb = (0.0, 0.0, 0.0)
     for face in range(len(corners)):
         c, box, grad_corner = corners[face], boxes[face], grad_screen[face]
+        col, grad_col = colors[face], grad_colors[face]
         if box[3] < box[2]:  # invalid, or outside the image
             continue
         area2 = _face_tables(c, edges, inv_z)
+        inv_area2 = 1.0 / area2
         for y in range(box[2], box[3] + 1):
             x0, x1 = _row_span(c, box, y, margin)
             for x in range(x0, x1 + 1):
-                grad = grad_rgba[y, x]
-                color_grad = channels == 4 and (grad[0] != 0.0 or grad[1] != 0.0 or
-                                                grad[2] != 0.0)
-                if grad[channels - 1] == 0.0 and not color_grad:
+                grad_alpha = grad_rgba[y, x, channels - 1]
+                if channels == 4:
+                    grad_rgb = (grad_rgba[y, x, 0], grad_rgba[y, x, 1], grad_rgba[y, x, 2])
+                color_grad = grad_rgb[0] != 0.0 or grad_rgb[1] != 0.0 or grad_rgb[2] != 0.0
+                if grad_alpha == 0.0 and not color_grad:
                     continue
                 inside, d2, k, t, e0, e1, e2 = _sample(c, edges, area2, x + 0.5, y + 0.5)
                 if not (inside or d2 < d2_cutoff):
                     continue
-                prob = _soft_coverage(inside, d2, sigma)[0]
-                # d alpha / d x_j = (1 - alpha) D_j
-                grad_x = grad[channels - 1] * (1.0 - rgba[y, x, channels - 1]) * prob
-                if color_grad:
-                    grad_x += _color_backward(c, inv_z, colors[face], ortho, consts, x + 0.5,
-                                              y + 0.5, (e0, e1, e2), 1.0 / area2, prob,
-                                              rgba[y, x], aux[y, x], grad, grad_corner,
-                                              grad_colors[face], scratch)
+                prob, one_minus = _soft_coverage(inside, d2, sigma)
+                # d alpha / d x_j = (1 - alpha) D_j = prod_i (1 - D_i) D_j
+                grad_x = grad_alpha * aux[y, x, 0] * prob
+                if color_grad:  # dD_j / dx_j = D_j (1 - D_j)
+                    grad_x += one_minus * _color_backward(
+                        c, inv_z, col, ortho, consts, x + 0.5, y + 0.5, e0, e1, e2, inv_area2,
+                        prob, (rgba[y, x, 0], rgba[y, x, 1], rgba[y, x, 2]), aux[y, x, 1],
+                        aux[y, x, 2], grad_rgb, grad_corner, grad_col, b, beta, grad_beta, grad_b)
                 # Through x = +-d^2 / sigma to the closest edge's end points: d^2 = |p - q|^2,
                 # q = a + t (b - a)  =>  dd^2/da = -2 (p - q)(1 - t), dd^2/db = -2 (p - q) t.
                 grad_d2 = (grad_x if inside else -grad_x) / sigma
@@ -379,27 +395,27 @@ def _backward_camera(corners, colors, boxes, ortho, consts, rgba, aux, grad_rgba
 
 
 @_inline
-def _color_backward(c, inv_z, col, ortho, consts, px, py, e, inv_area2, prob, out, aux,
-                    grad_out, grad_corner, grad_col, scratch):
+def _color_backward(c, inv_z, col, ortho, consts, px, py, e0, e1, e2, inv_area2, prob, out,
+                    peak, total, grad_out, grad_corner, grad_col, b, beta, grad_beta, grad_b):
     """One pair's colour gradients: adds to grad_corner (3, 3) and grad_col (3, 3),
-    returns d loss / d x_j through the softmax weight.
+    returns D_j times d loss / d D_j through the softmax weight. out, grad_out: the
+    pixel's RGB and its incoming gradient; peak, total: its softmax M and Z; b, beta,
+    grad_beta, grad_b: (3,) scratch.
 
     dI/dD_j = e^(s_j - M) (C_j - I) / Z, dI/ds_j = w_j (C_j - I), dI/dC_j = w_j,
     w_j = D_j e^(s_j - M) / Z; then through the depth, beta and b to the corners.
     """
     depth_scale = 1.0 / ((consts[5] - consts[4]) * consts[2])
-    b, beta, grad_beta, grad_b = scratch[0], scratch[1], scratch[2], scratch[3]
-    depth, inv_depth, raw_sum = _interpolate(c, inv_z, e[0], e[1], e[2], inv_area2, ortho, b,
-                                             beta)
+    depth, inv_depth, inv_raw_sum = _interpolate(c, inv_z, e0, e1, e2, inv_area2, ortho, b,
+                                                 beta)
     along = 0.0
     for ch in range(3):
         face_color = beta[0] * col[0, ch] + beta[1] * col[1, ch] + beta[2] * col[2, ch]
         along += grad_out[ch] * (face_color - out[ch])
-    softmax_exp = math.exp((consts[5] - depth) * depth_scale - aux[0])
-    weight = prob * softmax_exp / aux[1]
+    weight = prob * math.exp((consts[5] - depth) * depth_scale - peak) / total
     grad_depth = -weight * along * depth_scale
-    grad_beta[:] = 0.0
     for k in range(3):
+        grad_beta[k] = 0.0
         for ch in range(3):
             g = weight * grad_out[ch]
             grad_col[k, ch] += beta[k] * g
@@ -420,8 +436,8 @@ def _color_backward(c, inv_z, col, ortho, consts, px, py, e, inv_area2, prob, ou
     mean_b = grad_b[0] * b[0] + grad_b[1] * b[1] + grad_b[2] * b[2]
     grad_area = 0.0
     for k in range(3):
-        raw = e[k] * inv_area2
-        grad_raw = (grad_b[k] - mean_b) / raw_sum if raw > 0.0 else 0.0
+        raw = (e0, e1, e2)[k] * inv_area2
+        grad_raw = (grad_b[k] - mean_b) * inv_raw_sum if raw > 0.0 else 0.0
         grad_edge = grad_raw * inv_area2
         grad_area -= grad_raw * raw * inv_area2
         # E_k = E(corner k+1, corner k+2, p): dE(a, b, p)/da = (b.y - p.y, p.x - b.x),
@@ -436,4 +452,4 @@ def _color_backward(c, inv_z, col, ortho, consts, px, py, e, inv_area2, prob, ou
         a, n = (k + 1) % 3, (k + 2) % 3
         grad_corner[k, 0] += grad_area * (c[a, 1] - c[n, 1])
         grad_corner[k, 1] += grad_area * (c[n, 0] - c[a, 0])
-    return softmax_exp * along / aux[1] * prob * (1.0 - prob)
+    return weight * along

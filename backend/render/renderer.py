@@ -22,12 +22,14 @@ import numpy as np
 import torch
 
 from ..core.camera import CameraMatrices
+from ..core.options import DEVICES
 from .raster_cpu import rasterize_cpu
 from .raster_cuda import rasterize_cuda
 from .screen_space import ScreenFaces, gather_faces, screen_faces
 from .settings import Lighting, RenderSettings
 
-BACKENDS = ("auto", "cpu", "cuda", "cuda-naive")
+# The fit's devices, plus the original all-faces CUDA loop (the benchmark's baseline).
+BACKENDS = (*DEVICES, "cuda-naive")
 
 
 @dataclass

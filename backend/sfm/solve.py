@@ -142,7 +142,7 @@ def solve_cameras(
     on_progress: Progress | None = None,
     should_cancel: Callable[[], bool] | None = None,
     normalise: bool = True,
-    up="ring",
+    up="auto",
     known_distance: float | None = None,
     overlap: int = 10,
     max_image_size: int = 3200,

@@ -1,0 +1,111 @@
+"""End to end (issue 9): a fit from Blender's default cube, or from the visual hull, of Cycles
+renders of a torus (a through-hole) and a table (thin legs) reaches a held-out IoU and an
+even, self-intersection-free surface.
+
+Small images (96x96, 12 fitting views, 4 held-out; `tests/fit_targets.py`) keep the four
+fits within the suite's budget. The thresholds come from benchmarks/bench_fit.py's figures
+(docs/benchmarks.md, "Fit from any start"); the cases today's fixed-topology fitter fails
+are marked xfail until adaptive topology lands.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bpy")
+
+from fit_targets import cycles_views  # noqa: E402
+
+from backend.fit.fitting import FitOptions, fit  # noqa: E402
+from backend.fit.mesh_ops import check_mesh, edges  # noqa: E402
+from backend.fit.quality import quality_stats  # noqa: E402
+from devtools.cycles_render import mesh_arrays  # noqa: E402
+from devtools.fit_targets import build_target, self_intersections, start_mesh  # noqa: E402
+
+pytestmark = [pytest.mark.blender, pytest.mark.slow]
+
+# Held-out IoU (our renderer, hard silhouettes) a fit must reach, whatever its start, and
+# at least the carved visual hull's. Today from the hull: torus 0.969 (hull 0.966), table
+# 0.762 (hull 0.705: its legs are 3 px wide and the hull loses them).
+MIN_HELDOUT_IOU = {"torus": 0.95, "table": 0.85}
+# An even surface: the 5th percentile of the per-triangle minimum angles (degrees), and no
+# pair of triangles crossing each other. Today the hull start leaves 5th percentiles of
+# 7.6 (torus) and 10.4 (table) degrees.
+MIN_ANGLE_P5_DEG = 15.0
+MAX_SELF_INTERSECTIONS = 0
+
+NEEDS_ADAPTIVE = pytest.mark.xfail(strict=False, reason="needs adaptive topology (issue 9)")
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    """Fit results by (target, start), computed once for the module, with each target's
+    carved hull's held-out IoU under (target, "hull, no fit")."""
+    cache = {}
+
+    def get(target: str, start: str):
+        if (target, start) not in cache:
+            if target not in {t for t, _ in cache}:
+                cache[(target, "views")] = cycles_views(target)
+                hull = fit(cache[(target, "views")], options=FitOptions(iterations=0))
+                cache[(target, "hull, no fit")] = hull
+            mesh = start_mesh(start)
+            vertices, faces = mesh if mesh is not None else (None, None)
+            cache[(target, start)] = fit(cache[(target, "views")], vertices, faces)
+        return cache[(target, start)], cache[(target, "hull, no fit")]
+
+    return get
+
+
+@pytest.mark.parametrize(("start", "triangles"), [("cube", 12), ("uv_sphere", 960),
+                                                  ("icosphere", 320)])
+def test_starts_are_closed_meshes_at_the_origin_as_the_add_menu_makes_them(start, triangles):
+    vertices, faces = start_mesh(start)
+    assert faces.shape == (triangles, 3)
+    report = check_mesh(faces)
+    assert (report.boundary_edges, report.nonmanifold_edges, report.components) == (0, 0, 1)
+    # Centred at the origin, radius 1 (the cube: size 2).
+    np.testing.assert_allclose(vertices.max(axis=0) + vertices.min(axis=0), 0.0, atol=1e-6)
+    assert np.abs(vertices).max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_torus_has_a_through_hole_and_the_table_four_separate_legs():
+    _, torus = build_target("torus")
+    vertices, faces = mesh_arrays(torus)
+    euler = len(vertices) - len(edges(faces)) + len(faces)
+    assert euler == 0  # genus 1
+    _, table = build_target("table")
+    assert check_mesh(mesh_arrays(table)[1]).components == 5  # top and four legs
+
+
+def mean_heldout(result) -> float:
+    return float(np.mean(list(result.heldout_iou.values())))
+
+
+@pytest.mark.parametrize(("target", "start"), [
+    pytest.param("torus", "cube", marks=NEEDS_ADAPTIVE),
+    pytest.param("torus", "hull"),
+    pytest.param("table", "cube", marks=NEEDS_ADAPTIVE),
+    pytest.param("table", "hull", marks=NEEDS_ADAPTIVE),
+])
+def test_fit_reaches_the_heldout_iou_from_any_start(fitted, target, start):
+    result, hull = fitted(target, start)
+    assert result.status == "done", result.message
+    iou = mean_heldout(result)
+    assert iou >= MIN_HELDOUT_IOU[target], result.message
+    assert iou >= mean_heldout(hull), f"below the carved hull's {mean_heldout(hull):.3f}"
+
+
+@pytest.mark.parametrize(("target", "start"), [
+    pytest.param("torus", "cube"),
+    pytest.param("torus", "hull", marks=NEEDS_ADAPTIVE),
+    pytest.param("table", "cube"),
+    pytest.param("table", "hull", marks=NEEDS_ADAPTIVE),
+])
+def test_fitted_surface_is_even_and_does_not_cross_itself(fitted, target, start):
+    result, _ = fitted(target, start)
+    stats = quality_stats(result.vertices, result.faces)
+    assert stats["min_angle_p5"] >= MIN_ANGLE_P5_DEG, stats
+    crossings = self_intersections(result.vertices, result.faces)
+    assert crossings <= MAX_SELF_INTERSECTIONS
