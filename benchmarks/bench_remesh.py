@@ -227,6 +227,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--max-faces", type=int, default=6000)
+    parser.add_argument("--remesh-every", type=int, default=5,
+                        help="steps between two continuous remeshing calls")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()
     tv, tf = load_obj(SPOT)
@@ -251,7 +253,8 @@ def main():
         else:
             v, f = fit_large_steps(cube_v, cube_f, loss_fn, args.steps,
                                    remesh_mode=method.split("+")[1], cameras=cameras,
-                                   max_faces=args.max_faces, betas=REMESH_BETAS)
+                                   max_faces=args.max_faces, betas=REMESH_BETAS,
+                                   remesh_every=args.remesh_every)
         seconds = time.perf_counter() - t0
         ang = min_angles(v, f)
         print(f"{method:<24} {seconds:7.1f} {chamfer_distance(v, f, tv, tf):8.5f} {len(f):6d} "

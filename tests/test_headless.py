@@ -149,6 +149,13 @@ def test_bad_input_exits_with_a_one_line_reason_and_leaves_the_scene(scene_file,
     assert digest(scene_file) == before
 
 
+def test_a_backend_that_cannot_start_exits_with_status_1(scene_file, tmp_path):
+    done = run([str(HEADLESS), "--", "--scene", str(scene_file), "--object", "Sphere",
+                "--backend-python", str(tmp_path / "no-python")], tmp_path)
+    assert done.returncode == 1, (done.stdout[-1500:], done.stderr[-1500:])
+    assert "softras headless: error: Cannot start the fit" in done.stderr
+
+
 def test_missing_scene_file(tmp_path):
     done = run([str(HEADLESS), "--", "--scene", str(tmp_path / "nope.blend")], tmp_path)
     assert done.returncode == 2

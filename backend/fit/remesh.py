@@ -14,7 +14,16 @@ a split gets the mean of the edge's two ends, a collapse merges the two into the
 `vertex_state` and `replace_parameter` carry a torch optimiser's state across the change.
 
 `pixel_target_lengths` turns a target edge length in pixels into scene units per vertex,
-from the cameras that see it.
+from the cameras that see it; `edge_length_for_faces` turns a face budget into a length.
+
+In a large-steps loop (`backend.fit.large_steps`), every few steps::
+
+    r = remesh(v.detach(), faces, target, vertex_state(opt, u), max_faces=budget)
+    v, faces = tangential_relaxation(r.vertices, r.faces), r.faces
+    system = SmoothSystem.build(faces, len(v))
+    new_u = torch.nn.Parameter(system.to_differential(v))
+    replace_parameter(opt, u, new_u, r.attributes)  # moments interpolated and merged
+    u = new_u
 """
 
 from __future__ import annotations

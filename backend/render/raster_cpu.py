@@ -24,6 +24,7 @@ first run on a machine pays the few seconds of compilation.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numba
@@ -74,8 +75,8 @@ class SoftRasterizeCpu(torch.autograd.Function):
         consts = _constants(settings)
         rgba = np.empty((B, height, width, 1 if face_colors is None else 4))
         aux = np.empty((B, height, width, 3))
-        _use_torch_threads()
-        _forward(corners, colors, boxes, ortho, consts, rgba, aux)
+        with _camera_threads():
+            _forward(corners, colors, boxes, ortho, consts, rgba, aux)
         ctx.saved = (corners, colors, boxes, ortho, consts, rgba, aux)
         ctx.dtypes = (face_screen.dtype, None if face_colors is None else face_colors.dtype)
         return torch.from_numpy(rgba).to(face_screen.dtype)
@@ -85,9 +86,9 @@ class SoftRasterizeCpu(torch.autograd.Function):
         corners, colors, boxes, ortho, consts, rgba, aux = ctx.saved
         grad_screen = np.zeros_like(corners)
         grad_colors = np.zeros_like(colors)
-        _use_torch_threads()
-        _backward(corners, colors, boxes, ortho, consts, rgba, aux, _float64(grad_rgba),
-                  grad_screen, grad_colors)
+        with _camera_threads():
+            _backward(corners, colors, boxes, ortho, consts, rgba, aux, _float64(grad_rgba),
+                      grad_screen, grad_colors)
         screen_dtype, colors_dtype = ctx.dtypes
         grad_colors = None if colors_dtype is None else torch.from_numpy(grad_colors).to(
             colors_dtype)
@@ -130,10 +131,17 @@ def _constants(settings: RenderSettings) -> np.ndarray:
                     dtype=np.float64)
 
 
-def _use_torch_threads() -> None:
-    """Run Numba's parallel loops on as many threads as torch's (the backend's choice,
-    `backend.core.threads`)."""
+@contextlib.contextmanager
+def _camera_threads():
+    """Numba's parallel loops on as many threads as torch's (the backend's choice,
+    `backend.core.threads`), handing out one camera at a time (which keeps the threads
+    balanced when other processes hold some cores)."""
     numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    chunk = numba.set_parallel_chunksize(1)
+    try:
+        yield
+    finally:
+        numba.set_parallel_chunksize(chunk)
 
 
 # ---------------------------------------------------------------------------
@@ -273,11 +281,9 @@ def _forward(corners, colors, boxes, ortho, consts, rgba, aux):
     """Fills rgba (B, H, W, C) and aux (B, H, W, 3) = [transparency prod_j (1 - D_j),
     softmax maximum M, normaliser Z]
     from corners and colors (B, F, 3, 3) and boxes (B, F, 4); cameras in parallel."""
-    chunk = numba.set_parallel_chunksize(1)  # a camera at a time: balanced when cores are busy
     for cam in numba.prange(len(ortho)):
         _forward_camera(corners[cam], colors[cam], boxes[cam], ortho[cam], consts, rgba[cam],
                         aux[cam])
-    numba.set_parallel_chunksize(chunk)
 
 
 @_jit
@@ -335,11 +341,9 @@ def _backward(corners, colors, boxes, ortho, consts, rgba, aux, grad_rgba, grad_
               grad_colors):
     """Accumulates into grad_screen and grad_colors (B, F, 3, 3) the gradients of
     sum(grad_rgba * rgba), from the forward pass's rgba and aux; cameras in parallel."""
-    chunk = numba.set_parallel_chunksize(1)
     for cam in numba.prange(len(ortho)):
         _backward_camera(corners[cam], colors[cam], boxes[cam], ortho[cam], consts, rgba[cam],
                          aux[cam], grad_rgba[cam], grad_screen[cam], grad_colors[cam])
-    numba.set_parallel_chunksize(chunk)
 
 
 @_jit
