@@ -1,6 +1,7 @@
 """Shape optimisation from Blender's default cube: fixed topology vs large steps + remeshing.
 
-    python benchmarks/bench_remesh.py [--steps 400] [--max-faces 6000] [--methods ...]
+    python benchmarks/bench_remesh.py [--steps 300] [--max-faces 6000] [--remesh-every 10]
+                                       [--methods ...]
 
 The target is the Spot cow (tests' shared data), scaled to a bounding-box diagonal of 2;
 each method fits a mesh to 20k points sampled on it with a Chamfer loss (4k points
@@ -10,7 +11,7 @@ the target's bounding box. Methods:
 - adam-offsets: Adam on the vertices of the cube subdivided to about 3k faces, with a
   uniform-Laplacian penalty (the fixed-topology baseline);
 - large-steps: `AdamUniform` on u = (I + 19 L) v, the cube subdivided as above;
-- large-steps+continuous: the same from the 12-triangle cube, `remesh` every few steps
+- large-steps+continuous: the same from the 12-triangle cube, `remesh` every 10 steps
   toward a target edge length shrinking geometrically to the finest of: 2 pixels of 16
   views of 256 px (`pixel_target_lengths`) and the face budget (`edge_length_for_faces`),
   the optimiser's moments carried across (`vertex_state` / `replace_parameter`), then
@@ -157,7 +158,7 @@ def finest_lengths(v: np.ndarray, f: np.ndarray, cameras, max_faces: int) -> np.
 
 
 def fit_large_steps(v0, f0, loss_fn, steps, *, remesh_mode=None, cameras=None, max_faces=6000,
-                    lr=2e-2, remesh_every=5, betas=(0.9, 0.999)):
+                    lr=2e-2, remesh_every=10, betas=(0.9, 0.999)):
     """AdamUniform on u = (I + LAMBDA L) v; remesh_mode None, "continuous" or "botsch"."""
     v = torch.tensor(v0, dtype=torch.float32)
     f = torch.tensor(f0)
@@ -225,9 +226,9 @@ def min_angles(v: np.ndarray, f: np.ndarray) -> np.ndarray:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--max-faces", type=int, default=6000)
-    parser.add_argument("--remesh-every", type=int, default=5,
+    parser.add_argument("--remesh-every", type=int, default=10,
                         help="steps between two continuous remeshing calls")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     args = parser.parse_args()

@@ -1,9 +1,12 @@
-"""The demo: Suzanne rendered by Cycles from many cameras, fitted from an icosphere.
+"""The demo's Blender steps: the synthetic scene (Suzanne rendered by Cycles from many
+cameras, fitted from an icosphere), its contact sheet, and a shaded render of a fit.
 
     python devtools/demo.py scene --out out/demo [--cameras 24 --size 128]
     python devtools/demo.py sheet --scene out/demo/scene.blend --fitted out/demo/fitted.blend \
         --out out/demo/contact_sheet.png
-    bash scripts/demo.sh          # scene -> headless fit -> contact sheet
+    python devtools/demo.py shaded --fitted out/demo/fitted.blend --out out/demo/shaded.png
+    bash scripts/demo.sh               # the temple photos: import -> silhouettes -> fit
+    bash scripts/demo.sh --synthetic   # scene -> headless fit -> contact sheet
 
 `build_scene` makes the input a user would have: cameras whose background images
 are Cycles renders (8-bit RGBA PNGs with a transparent film, alpha = silhouette) of
@@ -209,6 +212,59 @@ def contact_sheet(scene_path: Path, fitted_path: Path, out_path: Path,
     return {"iou": iou, "mean_iou": mean}
 
 
+def shaded_render(fitted_path: Path, out_path: Path, cameras: int = 3, size: int = 320,
+                  samples: int = 8) -> list[str]:
+    """A PNG of the fitted object shaded by Cycles (grey clay, one sun), seen through
+    ``cameras`` of the scene's cameras spread over the ring, each next to its photo
+    (the camera's background image). Returns the camera names used."""
+    from softras_blender import scene_export  # bpy-side helpers, importable by path
+
+    bpy.ops.wm.open_mainfile(filepath=str(Path(fitted_path).resolve()))
+    scene = bpy.context.scene
+    fitted = [o for o in scene.objects if o.type == "MESH" and o.name.endswith("SoftRas Fit")]
+    fitted += [o for o in scene.objects if o.type == "MESH" and o.data.shape_keys
+               and "SoftRas Fit" in o.data.shape_keys.key_blocks]
+    if not fitted:
+        raise ValueError(f"{fitted_path} holds no fitted object (named '... SoftRas Fit')")
+    cams = sorted((o for o in scene.objects if o.type == "CAMERA"
+                   and scene_export.background_image(o) is not None), key=lambda o: o.name)
+    chosen = [cams[round(i * len(cams) / cameras)] for i in range(cameras)]
+    scale = size / max(scene.render.resolution_x, scene.render.resolution_y)
+    scene.render.resolution_percentage = max(1, int(round(100 * scale)))
+    cycles.configure_cycles(scene, samples=samples, filter_width=1.0)
+    cycles.set_world_color(scene, (0.3, 0.3, 0.3), 1.0)
+    fitted[0].data.materials.clear()
+    fitted[0].data.materials.append(_diffuse_material((0.7, 0.7, 0.7)))
+    rows = []
+    for cam in chosen:
+        sun = cycles.add_sun(scene, np.array(cam.matrix_world)[:3, 3] + [0.0, 0.0, 0.5],
+                             strength=1.5)
+        rgba = cycles.render_rgba(scene, cam)
+        bpy.data.objects.remove(sun)
+        shaded = rgba[..., :3] * rgba[..., 3:] + 0.05 * (1 - rgba[..., 3:])
+        photo = scene_export.image_pixels(scene_export.background_image(cam).image)[::-1]
+        photo = _resize(photo[..., :3], shaded.shape[:2])
+        rows.append(np.concatenate([photo, _to_srgb(shaded)], axis=1))
+    from PIL import Image
+
+    sheet = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255 + 0.5).astype(np.uint8)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sheet).save(out_path)
+    return [c.name for c in chosen]
+
+
+def _to_srgb(linear: np.ndarray) -> np.ndarray:
+    c = np.clip(linear, 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
+def _resize(image: np.ndarray, shape) -> np.ndarray:
+    """Nearest-neighbour resize of (h, w, C) to ``shape`` (H, W)."""
+    rows = (np.arange(shape[0]) * image.shape[0] / shape[0]).astype(int)
+    cols = (np.arange(shape[1]) * image.shape[1] / shape[1]).astype(int)
+    return image[rows][:, cols]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,12 +279,20 @@ def main(argv=None) -> int:
     sheet.add_argument("--scene", type=Path, required=True)
     sheet.add_argument("--fitted", type=Path, required=True)
     sheet.add_argument("--out", type=Path, required=True)
+    shaded = sub.add_parser("shaded", help="Cycles render of the fitted object beside photos")
+    shaded.add_argument("--fitted", type=Path, required=True)
+    shaded.add_argument("--out", type=Path, required=True)
+    shaded.add_argument("--cameras", type=int, default=3)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.command == "scene":
         path = build_scene(args.out, cameras=args.cameras, size=args.size, samples=args.samples,
                            start=args.start)
         print(f"demo scene: {path} ({args.cameras} cameras, {args.size}x{args.size}, "
+              f"{time.perf_counter() - start:.1f} s)")
+    elif args.command == "shaded":
+        names = shaded_render(args.fitted, args.out, args.cameras)
+        print(f"shaded render: {args.out} (cameras {', '.join(names)}, "
               f"{time.perf_counter() - start:.1f} s)")
     else:
         stats = contact_sheet(args.scene, args.fitted, args.out)

@@ -25,7 +25,7 @@ from .backend.core import camera as camera_model
 from .backend.core import camera_files
 from .backend.core.camera_files import CameraFileError, ImportedCamera
 
-MASK_PROPERTY = "softras_mask"  # custom property: the camera's mask file, from the camera file
+MASK_PROPERTY = scene_export.MASK_PROPERTY  # the camera's mask file, from the camera file
 
 
 class CameraImportError(ValueError):

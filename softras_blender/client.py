@@ -211,26 +211,38 @@ class BackendClient:
     # -- requests ------------------------------------------------------------------------
 
     def start_fit(self, vertices: np.ndarray | None, faces: np.ndarray | None,
-                  views: list[messages.View], options: dict | None = None) -> int:
+                  views: list[messages.View], options: dict | None = None,
+                  silhouettes: dict | None = None) -> int:
         """Send a fit request; returns its fit id. Never blocks.
 
         vertices: (V, 3) float32 initial mesh, or None for the visual hull (faces None too).
         faces: (F, 3) int32. views: the cameras and their (H, W, 4) float32 RGBA (or
         uint8) images. options: `backend.core.options.FitOptions` fields as a dict.
-        The arrays are sent from memory as they are: do not modify them afterwards.
+        silhouettes: `messages.silhouettes_settings` (the backend finds the silhouettes
+        first), or None (the images' alpha). The arrays are sent from memory as they
+        are: do not modify them afterwards.
         Raises BackendError if a fit is running or the backend is gone, ValueError for
         data that cannot be sent.
         """
+        return self._send_job(lambda fit_id: messages.start_fit(
+            fit_id, vertices, faces, views, options, silhouettes))
+
+    def segment(self, views: list[messages.View], silhouettes: dict) -> int:
+        """Ask for the views' silhouettes only; returns the request's id (a fit id). Its
+        answer is a "masks" event ({"names", "masks", "silhouettes"}) or an error."""
+        return self._send_job(lambda fit_id: messages.segment(fit_id, views, silhouettes))
+
+    def _send_job(self, build) -> int:
+        """Send ``build(fit_id)``, a request the backend answers with one last message."""
         self._require_running()
         if self.fit_id is not None:
             raise BackendError(f"fit {self.fit_id} is still running: cancel it and wait for "
                                "its done event first")
         fit_id = next(self._fit_ids)
         try:
-            chunks = protocol.frame_chunks(
-                messages.start_fit(fit_id, vertices, faces, views, options))
+            chunks = protocol.frame_chunks(build(fit_id))
         except protocol.ProtocolError as exc:
-            raise ValueError(f"cannot send this fit to the backend: {exc}") from exc
+            raise ValueError(f"cannot send this request to the backend: {exc}") from exc
         with self._lock:
             self.fit_id = fit_id
             self._progress = None
@@ -348,11 +360,13 @@ class BackendClient:
             if message["fit_id"] is not None:
                 self._end_fit()
             return message
-        if kind == "done":
+        if kind in ("done", "masks"):
             if message["fit_id"] != self.fit_id:
                 return None
             self._end_fit()
             return message
+        if kind == "stage":
+            return message if message["fit_id"] == self.fit_id else None
         log.warning("ignored an unexpected %r message from the backend", kind)
         return None
 

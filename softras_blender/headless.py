@@ -11,6 +11,14 @@ cameras' background images), --iterations, --resolution, --sharpness, --smoothne
 --hold-out-every, --backend-python, --output OUT.blend, --export-obj OUT.obj,
 --report report.json.
 
+Real captures: --silhouettes auto|alpha|masks|key|learned (default auto), --masks DIR,
+--model FILE.onnx, --keep-flagged, --no-check, --contact-sheet OUT.png (photo | mask |
+fitted outline per camera). --import FILE (a COLMAP model, transforms.json or
+Middlebury *_par.txt; --images DIR is then where its images are; without --scene it
+starts from an empty scene) and --turntable N (with --turntable-step, -start,
+-elevations, -distance, -lens, -centre, -axis, -clockwise; images from --images in
+sorted order) add cameras first; --iterations 0 with --output only adds them and saves.
+
 The input .blend is never written: --output must name another file. Bad input exits
 with status 2 and a one-line reason on stderr, a failed fit with status 1.
 """
@@ -21,6 +29,7 @@ import argparse
 import importlib
 import json
 import sys
+import time
 from pathlib import Path
 
 # This script's add-on: the checkout's (or installed extension's) folder holding it.
@@ -71,7 +80,36 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--export-obj", type=Path, help="export the fitted mesh to this .obj")
     parser.add_argument("--report", type=Path, help="write per-view IoU, loss history, timing "
                         "and device to this JSON file")
+    add_capture_args(parser)
     return parser.parse_args(argv)
+
+
+def add_capture_args(parser: argparse.ArgumentParser) -> None:
+    """Options for real captures: silhouettes, camera files, turntables."""
+    parser.add_argument("--silhouettes", choices=("auto", "alpha", "masks", "key", "learned"),
+                        default="auto", help="how each image's silhouette is found "
+                        "(default auto: alpha when transparent, else a mask, else key)")
+    parser.add_argument("--masks", type=Path, help="folder with one mask per image, named "
+                        "after it (white = object)")
+    parser.add_argument("--model", type=Path, help="salient-object ONNX model (--silhouettes "
+                        "learned)")
+    parser.add_argument("--keep-flagged", action="store_true", help="fit the views the "
+                        "multi-view check flags too (default: leave them out)")
+    parser.add_argument("--no-check", action="store_true", help="skip the multi-view check")
+    parser.add_argument("--contact-sheet", type=Path, help="write photo | mask | fitted "
+                        "outline per camera to this .png")
+    parser.add_argument("--import", dest="import_path", type=Path, help="camera file to import "
+                        "(COLMAP model folder or file, transforms.json, Middlebury *_par.txt)")
+    parser.add_argument("--turntable", type=int, help="add a turntable of N views per ring")
+    parser.add_argument("--turntable-step", type=float, help="degrees between views")
+    parser.add_argument("--turntable-start", type=float, default=0.0)
+    parser.add_argument("--turntable-elevations", default="20",
+                        help="degrees, comma-separated (one ring each)")
+    parser.add_argument("--turntable-distance", type=float, default=5.0)
+    parser.add_argument("--turntable-lens", type=float, default=50.0, help="focal length, mm")
+    parser.add_argument("--turntable-centre", default="0,0,0", help="x,y,z")
+    parser.add_argument("--turntable-axis", default="0,0,1", help="x,y,z")
+    parser.add_argument("--turntable-clockwise", action="store_true")
 
 
 def script_args(argv: list[str]) -> list[str]:
@@ -93,9 +131,13 @@ def ensure_addon():
 
 
 def open_scene(args) -> Path | None:
-    """Open --scene (if given); returns the path of the scene being fitted."""
+    """Open --scene (if given); returns the path of the scene being fitted, or None for
+    the empty scene that --import or --turntable start from without --scene."""
     import bpy
 
+    if args.scene is None and (args.import_path is not None or args.turntable is not None):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        return None
     if args.scene is not None:
         path = args.scene.resolve()
         if not path.is_file() or path.suffix.lower() != ".blend":
@@ -144,8 +186,10 @@ def configure(args, scene) -> None:
     if args.images is not None:
         if not args.images.is_dir():
             raise BadInput(f"--images {args.images}: no such folder")
-        settings.image_source = "FOLDER"
-        settings.image_folder = str(args.images.resolve())
+        if args.import_path is None and args.turntable is None:  # else the cameras' images
+            settings.image_source = "FOLDER"
+            settings.image_folder = str(args.images.resolve())
+    configure_silhouettes(args, settings)
     for name in ("iterations", "resolution", "sharpness", "smoothness", "hold_out_every"):
         value = getattr(args, name)
         if value is not None:
@@ -154,15 +198,85 @@ def configure(args, scene) -> None:
         settings.fit_colors = True
 
 
-def check_outputs(args, scene_path: Path) -> None:
+def configure_silhouettes(args, settings) -> None:
+    """--silhouettes, --masks, --model, --keep-flagged, --no-check into the settings."""
+    settings.silhouettes = args.silhouettes.upper()
+    if args.masks is not None:
+        if not args.masks.is_dir():
+            raise BadInput(f"--masks {args.masks}: no such folder")
+        settings.mask_folder = str(args.masks.resolve())
+    elif args.silhouettes == "masks" and not _cameras_name_masks(args):
+        raise BadInput("--silhouettes masks needs --masks DIR (or a transforms.json with "
+                       "mask_path)")
+    if args.model is not None:
+        if not args.model.is_file():
+            raise BadInput(f"--model {args.model}: no such file")
+        settings.model_path = str(args.model.resolve())
+    elif args.silhouettes == "learned":
+        raise BadInput("--silhouettes learned needs --model FILE.onnx (a U2-Net-class "
+                       "salient-object model)")
+    settings.keep_flagged = args.keep_flagged
+    settings.check_views = not args.no_check
+
+
+def _cameras_name_masks(args) -> bool:
+    """True when the imported camera file can name each camera's mask (transforms.json)."""
+    return args.import_path is not None and args.import_path.suffix.lower() == ".json"
+
+
+def add_cameras(args, scene):
+    """--import and --turntable: the new camera collection, or None when neither is given.
+    Bad input raises BadInput and leaves the scene as it was."""
+    from softras_blender import camera_import
+    from softras_blender.backend.core.camera_files import CameraFileError
+
+    try:
+        if args.import_path is not None:
+            images = str(args.images.resolve()) if args.images else None
+            return camera_import.import_cameras(scene, args.import_path.resolve(), images)
+        if args.turntable is not None:
+            return camera_import.add_turntable(scene, turntable_spec(args))
+    except (CameraFileError, camera_import.CameraImportError) as exc:
+        raise BadInput(str(exc)) from exc
+    return None
+
+
+def turntable_spec(args):
+    """The `camera_import.TurntableSpec` of the --turntable options."""
+    from softras_blender import camera_import
+
+    def vector(text: str, option: str) -> tuple:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != 3:
+            raise BadInput(f"{option} {text}: give three numbers x,y,z")
+        return values
+
+    try:
+        elevations = camera_import.parse_angles(args.turntable_elevations)
+    except camera_import.CameraImportError as exc:
+        raise BadInput(f"--turntable-elevations: {exc}") from exc
+    return camera_import.TurntableSpec(
+        count=args.turntable, step_deg=args.turntable_step, start_deg=args.turntable_start,
+        elevations_deg=elevations, distance=args.turntable_distance, lens=args.turntable_lens,
+        centre=vector(args.turntable_centre, "--turntable-centre"),
+        axis=vector(args.turntable_axis, "--turntable-axis"),
+        clockwise=args.turntable_clockwise,
+        image_folder=str(args.images.resolve()) if args.images else "")
+
+
+def check_outputs(args, scene_path: Path | None) -> None:
     for option, path, suffix in (("--output", args.output, ".blend"),
                                  ("--export-obj", args.export_obj, ".obj"),
-                                 ("--report", args.report, ".json")):
+                                 ("--report", args.report, ".json"),
+                                 ("--contact-sheet", args.contact_sheet, ".png")):
         if path is None:
             continue
         if path.suffix.lower() != suffix:
             raise BadInput(f"{option} {path}: the file name must end in {suffix}")
-        if path.resolve() == scene_path:
+        if scene_path is not None and path.resolve() == scene_path:
             raise BadInput(f"{option} {path} is the input scene: the input is never "
                            "overwritten, pick another file")
         if not path.resolve().parent.is_dir():
@@ -189,15 +303,28 @@ def run(argv: list[str]) -> int:
         raise BadInput(f"--threads {args.threads}: give 0 (automatic) or a positive count")
     scene_path = open_scene(args)
     check_outputs(args, scene_path)
+    if args.iterations is not None and args.iterations < 0:
+        raise BadInput(f"--iterations {args.iterations}: give a positive count (0 with "
+                       "--import or --turntable: only add the cameras)")
     runtime = ensure_addon()
     scene = bpy.context.scene
     configure(args, scene)
+    started = time.perf_counter()
+    collection = add_cameras(args, scene)
+    import_seconds = time.perf_counter() - started
+    if collection is not None and not args.cameras:
+        scene.softras.camera_source = "COLLECTION"
+        scene.softras.camera_collection = collection
+    if args.iterations == 0:
+        return save_cameras_only(args, collection)
     if args.object is not None:
         bpy.context.view_layer.objects.active = scene.objects[args.object]
     device = args.device.upper() if args.device else "PREFERENCES"
     threads = -1 if args.threads is None else args.threads
+    sheet = str(args.contact_sheet.resolve()) if args.contact_sheet else ""
     try:
-        bpy.ops.softras.fit(device=device, backend_command=args.backend_python, threads=threads)
+        bpy.ops.softras.fit(device=device, backend_command=args.backend_python, threads=threads,
+                            contact_sheet=sheet)
     except RuntimeError as exc:
         # The operator reported an error (bad scene or failed fit); the scene is restored.
         reason = str(exc).strip().removeprefix("Error:").strip()
@@ -212,13 +339,30 @@ def run(argv: list[str]) -> int:
     if args.export_obj is not None:
         export_obj(args.export_obj, result["object"])
     if args.report is not None:
-        report = {"scene": str(scene_path),
+        report = {"scene": str(scene_path) if scene_path else None,
+                  "import_seconds": import_seconds if collection is not None else None,
+                  "contact_sheet": sheet or None,
                   "output": str(args.output) if args.output else None,
                   "export_obj": str(args.export_obj) if args.export_obj else None,
                   **result}
         args.report.write_text(json.dumps(report, indent=1, default=_plain), encoding="utf-8")
     print(f"SoftRas: {result['status']}: mean IoU {result.get('mean_fit_iou', float('nan')):.4f}"
           f" on {len(result['views'])} views in {result['wall_seconds']:.1f} s", flush=True)
+    return 0
+
+
+def save_cameras_only(args, collection) -> int:
+    """--iterations 0: save the scene with the added cameras to --output, fit nothing."""
+    import bpy
+
+    if collection is None:
+        raise BadInput("--iterations 0 only adds cameras: give --import or --turntable")
+    if args.output is None:
+        raise BadInput("--iterations 0 only adds cameras: give --output OUT.blend to save them")
+    bpy.ops.wm.save_as_mainfile(filepath=str(args.output.resolve()), copy=True)
+    cameras = [o for o in collection.all_objects if o.type == "CAMERA"]
+    print(f"SoftRas: added {len(cameras)} cameras in {collection.name!r}; saved "
+          f"{args.output}", flush=True)
     return 0
 
 

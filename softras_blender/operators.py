@@ -30,6 +30,11 @@ def redraw_areas(context, kinds: set[str]) -> None:
                 area.tag_redraw()
 
 
+def flagged_lines(silhouettes: dict | None) -> list[str]:
+    """One line per view the multi-view check flagged (from a silhouettes report)."""
+    return [f"Flagged: {f['reason']}" for f in (silhouettes or {}).get("flagged", [])]
+
+
 class SOFTRAS_OT_fit(Operator):
     """Deform the mesh until its soft silhouettes match the cameras' reference images"""
 
@@ -48,6 +53,10 @@ class SOFTRAS_OT_fit(Operator):
     threads: IntProperty(
         name="CPU Threads", default=-1, min=-1, options={"HIDDEN", "SKIP_SAVE"},
         description="The backend's CPU threads (-1: from the preferences, 0: automatic)")
+    contact_sheet: StringProperty(
+        name="Contact Sheet", default="", options={"HIDDEN", "SKIP_SAVE"},
+        description="Image file the backend writes after the fit: photo | mask | fitted "
+                    "outline per camera (empty: none)")
 
     @classmethod
     def poll(cls, context):
@@ -118,13 +127,16 @@ class SOFTRAS_OT_fit(Operator):
         """Export the scene and launch the backend; None (after a report) when either
         fails."""
         from .environment import split_command
-        from .scene_export import ExportError, export_request
+        from .scene_export import ExportError, export_request, with_contact_sheet
         from .session import FitSession
 
         settings = runtime.backend_settings(context)
         device = settings["device"] if self.device == "PREFERENCES" else self.device
         try:
-            session = FitSession(export_request(context, device), verbose=verbose)
+            request = export_request(context, device)
+            if self.contact_sheet:
+                request = with_contact_sheet(request, self.contact_sheet)
+            session = FitSession(request, verbose=verbose)
         except (ExportError, ValueError) as exc:
             return self._refuse(Outcome.BAD_INPUT, _message(exc))
         try:
@@ -159,7 +171,8 @@ class SOFTRAS_OT_fit(Operator):
         if held:
             text += f", held-out {sum(held.values()) / len(held):.3f}"
         text += f" ({summary['status']}, {summary['wall_seconds']:.1f} s)"
-        state.status = [text] + ([summary["message"]] if summary["message"] else [])
+        state.status = ([text] + ([summary["message"]] if summary["message"] else [])
+                        + flagged_lines(summary.get("silhouettes")))
         state.outcome = Outcome.FITTED
         level = "INFO" if summary["status"] == "done" else "WARNING"
         self.report({level}, text + (f". {summary['message']}" if summary["message"] else ""))
@@ -179,7 +192,10 @@ class SOFTRAS_OT_fit(Operator):
         session.abort()
         message = _message(exc)
         state.status = ["Fit failed: " + message.splitlines()[0]]
-        state.outcome = Outcome.FAILED
+        # The backend's "fit" errors are bad input (a photo with no object, every view
+        # flagged): fix and retry.
+        bad_input = getattr(exc, "kind", None) == "fit"
+        state.outcome = Outcome.BAD_INPUT if bad_input else Outcome.FAILED
         print(f"SoftRas: fit failed: {message}", file=sys.stderr, flush=True)
         self.report({"ERROR"}, f"Fit failed: {message}")
         return {"CANCELLED"}

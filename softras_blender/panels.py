@@ -45,6 +45,7 @@ class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
         col.prop(settings, "image_source")
         if settings.image_source == "FOLDER":
             col.prop(settings, "image_folder")
+        draw_silhouette_settings(col, settings)
 
         layout.separator()
         if session is not None:
@@ -63,6 +64,25 @@ class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
             row.operator(operators.SOFTRAS_OT_fit.bl_idname, icon="MOD_SHRINKWRAP")
             for line in runtime.last_status():
                 layout.label(text=line)
+
+
+def draw_silhouette_settings(layout, settings) -> None:
+    """The silhouettes setting and what its mode needs; the preview buttons."""
+    layout.separator()
+    layout.prop(settings, "silhouettes")
+    if settings.silhouettes in {"AUTO", "MASKS"}:
+        layout.prop(settings, "mask_folder")
+    if settings.silhouettes == "LEARNED":
+        layout.prop(settings, "model_path")
+    if settings.silhouettes != "ALPHA":
+        layout.prop(settings, "check_views")
+        if settings.check_views:
+            layout.prop(settings, "keep_flagged")
+    row = layout.row(align=True)
+    row.operator("softras.preview_silhouettes", icon="HIDE_OFF")
+    row.operator("softras.clear_silhouette_preview", text="", icon="X")
+    for line in runtime.preview_status():
+        layout.label(text=line)
 
 
 class SOFTRAS_PT_fit_options(SoftRasPanelMixin, Panel):

@@ -91,6 +91,33 @@ class SoftRasSettings(PropertyGroup):
     smoothness: FloatProperty(name="Smoothness", default=1.0, min=0.0, soft_max=10.0,
                               description="Weight of the smoothing terms (Laplacian, flatness); "
                                           "higher keeps the surface smoother")
+    silhouettes: EnumProperty(
+        name="Silhouettes",
+        description="How the backend finds each image's silhouette",
+        items=(
+            ("AUTO", "Auto", "The image's alpha when it has transparency, else its mask when "
+             "there is one, else keyed out of its backdrop"),
+            ("ALPHA", "Alpha", "The image's alpha channel (renders with a transparent film)"),
+            ("MASKS", "Masks", "One mask image per camera (white = object): from the masks "
+             "folder, matched by image name, or the camera file's mask_path"),
+            ("KEY", "Key", "The backdrop (plain, dark, light or green) keyed out from the "
+             "image border, refined by GrabCut"),
+            ("LEARNED", "Learned", "A salient-object model (U2-Net class, ONNX file)"),
+        ),
+        default="AUTO",
+    )
+    mask_folder: StringProperty(name="Masks", subtype="DIR_PATH",
+                                description="Folder with one mask per image, named after it "
+                                            "(photo.png or photo_mask.png; white = object)")
+    model_path: StringProperty(name="Model", subtype="FILE_PATH",
+                               description="The salient-object ONNX model for Learned")
+    check_views: BoolProperty(
+        name="Check Views", default=True,
+        description="Compare the views' silhouettes through a common visual hull; views that "
+                    "disagree are flagged (keyed masks are also refined by it)")
+    keep_flagged: BoolProperty(
+        name="Keep Flagged Views", default=False,
+        description="Fit the views the check flags too (by default they are left out)")
     held_out_every: IntProperty(
         name="Hold Out Every", default=0, min=0, soft_max=10,
         description="Hold out every n-th camera: never fitted, only measured (0: none)")

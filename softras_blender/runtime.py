@@ -140,6 +140,8 @@ class State:
     last_result: dict | None = None  # `session.FitSession.summary` of the last finished fit
     install: environment.StepRunner | None = None  # the managed environment's installer
     backend_report: list[str] = field(default_factory=list)  # what Check Backend found
+    preview: object | None = None  # the running `preview.PreviewJob`
+    preview_status: list[str] = field(default_factory=list)  # what the last preview found
 
 
 state = State()
@@ -172,3 +174,10 @@ def install_state() -> environment.StepRunner | None:
 def backend_report() -> list[str]:
     """What the last "Check Backend" found, as lines."""
     return list(state.backend_report)
+
+
+def preview_status() -> list[str]:
+    """What the last "Preview Silhouettes" found (or that it runs), as lines."""
+    if state.preview is not None:
+        return ["Finding silhouettes..."]
+    return list(state.preview_status)

@@ -8,7 +8,7 @@ computed from it lives in bpy-free modules (`silhouettes`, `fit_options`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import bpy
@@ -16,11 +16,14 @@ import numpy as np
 
 from . import fit_options, silhouettes
 from .backend.core import camera as camera_model
+from .backend.core import mask_files, messages
 from .backend.core.messages import View
 
 IMAGE_EXTENSIONS = (".png", ".exr", ".tif", ".tiff", ".jpg", ".jpeg", ".webp", ".bmp", ".tga")
 # Byte images in these colour spaces hold linear values already.
 LINEAR_BYTE_SPACES = ("Non-Color", "Linear Rec.709", "Linear", "Raw")
+# Custom property of a camera: its mask file (set by camera_import from a transforms.json).
+MASK_PROPERTY = "softras_mask"
 
 
 class ExportError(ValueError):
@@ -35,7 +38,8 @@ class FitRequest:
     to start from the silhouettes; views: the cameras and their target images;
     options: `FitOptions` fields; source_name: the mesh object fitted (None: the fit
     makes a new object named after ``start_name``, "Visual Hull" or "Sphere");
-    scene_name: the scene it belongs to.
+    scene_name: the scene it belongs to; silhouettes: how the backend finds the
+    silhouettes (`messages.silhouettes_settings`), None for the images' alpha as it is.
     """
 
     vertices: np.ndarray | None
@@ -45,6 +49,7 @@ class FitRequest:
     source_name: str | None
     scene_name: str
     start_name: str
+    silhouettes: dict | None = None
 
 
 # The panel's starts without a mesh -> the name of the object the fit makes.
@@ -74,13 +79,37 @@ def export_request(context, device: str) -> FitRequest:
     cameras = scene_cameras(scene, settings.camera_source, settings.camera_collection,
                             settings.image_source, settings.image_folder)
     views = export_views(scene, cameras, settings.image_source, settings.image_folder,
-                         settings.held_out_every, settings.resolution)
+                         settings.held_out_every, settings.resolution,
+                         settings.silhouettes, settings.mask_folder)
     try:
         options = fit_options.options_from_settings(settings_dict(settings), device)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
     return FitRequest(vertices, faces, views, options, source.name if source else None,
-                      scene.name, START_NAMES.get(settings.mesh_source, ""))
+                      scene.name, START_NAMES.get(settings.mesh_source, ""),
+                      silhouette_request(settings))
+
+
+def silhouette_request(settings, contact_sheet: str | None = None) -> dict | None:
+    """The fit's silhouettes field (`messages.silhouettes_settings`) from the scene's
+    settings; None for mode ALPHA (the images' alpha as it is, checked here)."""
+    if settings.silhouettes == "ALPHA":
+        return None
+    model = bpy.path.abspath(settings.model_path) if settings.model_path else None
+    if settings.silhouettes == "LEARNED" and not model:
+        raise ExportError("silhouettes 'Learned' needs a salient-object model file (U2-Net "
+                          "class, ONNX): choose one in the panel")
+    return messages.silhouettes_settings(settings.silhouettes.lower(), model,
+                                         settings.check_views, settings.keep_flagged,
+                                         contact_sheet)
+
+
+def with_contact_sheet(request: FitRequest, path: str) -> FitRequest:
+    """The request, asking the backend to write a contact sheet (photo | mask | fitted
+    outline per camera) to ``path`` after the fit; mode ALPHA then runs the silhouettes
+    stage on the images' alpha."""
+    fields = request.silhouettes or messages.silhouettes_settings("alpha")
+    return replace(request, silhouettes={**fields, "contact_sheet": str(path)})
 
 
 def fit_source(context):
@@ -243,13 +272,17 @@ def _decoding(image) -> dict:
 
 
 def view_for_camera(scene, cam_obj, image_source: str, folder: str = "",
-                    held_out: bool = False, resolution: int = 0) -> View:
+                    held_out: bool = False, resolution: int = 0, mode: str = "ALPHA",
+                    mask_folder: str = "") -> View:
     """Camera matrices and the target image of one camera, at the fit's resolution
     (longest side at most ``resolution`` pixels; 0: the render's size).
 
     image_source "BACKGROUND": the camera's background image, placed in the frame as
     the viewport draws it (frame method, offset, scale, rotation, flips);
     "FOLDER": ``folder/<camera name>.<ext>``, which must have the render's aspect.
+    mode: the silhouettes setting; only "ALPHA" requires the image's alpha to be a
+    silhouette here (the others are found by the backend). The view carries the
+    camera's mask (`camera_mask`) when the mode uses one.
     """
     cam = camera_matrices(scene, cam_obj)
     render = scene.render
@@ -281,22 +314,77 @@ def view_for_camera(scene, cam_obj, image_source: str, folder: str = "",
         target = silhouettes.target_from_pixels(
             image_pixels(image), (cam.width, cam.height), name=label, sample_size=size,
             **_decoding(image), **framing)
-        silhouettes.check_silhouette(target, label)
+        if mode == "ALPHA":
+            silhouettes.check_silhouette(target, label)
+        mask = camera_mask(cam_obj, image, mode, mask_folder, (cam.width, cam.height),
+                           size, framing)
     except ExportError:
         raise
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
-    return View(cam.resized(*size), target, cam_obj.name, held_out)
+    return View(cam.resized(*size), target, cam_obj.name, held_out, mask)
+
+
+def mask_path(cam_obj, image, mode: str, mask_folder: str = "") -> Path | None:
+    """The camera's mask file: the one its camera file named (``softras_mask``), else the
+    one matching its image's name in ``mask_folder`` (`mask_files.find_mask`). None when
+    the mode uses no mask (ALPHA, KEY, LEARNED, or AUTO with neither); ExportError when
+    mode MASKS finds none."""
+    if mode not in ("MASKS", "AUTO"):
+        return None
+    named = cam_obj.get(MASK_PROPERTY)
+    if named:
+        path = Path(bpy.path.abspath(str(named)))
+        if not path.is_file():
+            raise ExportError(f"camera {cam_obj.name!r}: its mask file {path} is missing")
+        return path
+    if mask_folder:
+        image_name = Path(image.filepath).name or image.name
+        return mask_files.find_mask(image_name, Path(bpy.path.abspath(mask_folder)))
+    if mode == "MASKS":
+        raise ExportError(f"camera {cam_obj.name!r} has no mask: choose a masks folder (masks "
+                          "named after the images, white = object)")
+    return None
+
+
+def camera_mask(cam_obj, image, mode: str, mask_folder: str, render_size, size,
+                framing: dict) -> np.ndarray | None:
+    """The camera's mask (`mask_path`) placed in the camera frame like its image, at the
+    fit's ``size``: (H, W) float32 in [0, 1], or None. ExportError when the mask's size
+    differs from the image's."""
+    path = mask_path(cam_obj, image, mode, mask_folder)
+    if path is None:
+        return None
+    before = set(bpy.data.images)
+    mask_image = bpy.data.images.load(str(path), check_existing=True)
+    try:
+        if tuple(mask_image.size) != tuple(image.size):
+            raise ExportError(
+                f"camera {cam_obj.name!r}: its mask {path.name} is {mask_image.size[0]}x"
+                f"{mask_image.size[1]} but its image is {image.size[0]}x{image.size[1]}; "
+                "masks must have their images' size")
+        if not mask_image.is_float:
+            mask_image.colorspace_settings.name = "Non-Color"
+        rgba = silhouettes.target_from_pixels(
+            image_pixels(mask_image), render_size, srgb=False,
+            premultiplied=mask_image.is_float, name=path.name, sample_size=size, **framing)
+    finally:
+        if mask_image not in before:
+            bpy.data.images.remove(mask_image)
+    return silhouettes.mask_from_rgba(rgba)
 
 
 def export_views(scene, cameras, image_source: str, folder: str = "",
-                 held_out_every: int = 0, resolution: int = 0) -> list[View]:
+                 held_out_every: int = 0, resolution: int = 0, mode: str = "ALPHA",
+                 mask_folder: str = "") -> list[View]:
     """Views for the cameras; with ``held_out_every`` k > 1, every k-th camera (the
-    2nd of each k) is held out: measured, never fitted."""
+    2nd of each k) is held out: measured, never fitted. mode, mask_folder: see
+    `view_for_camera`."""
     views = []
     for i, cam_obj in enumerate(cameras):
         held = held_out_every > 1 and i % held_out_every == 1
-        views.append(view_for_camera(scene, cam_obj, image_source, folder, held, resolution))
+        views.append(view_for_camera(scene, cam_obj, image_source, folder, held, resolution,
+                                     mode, mask_folder))
     if all(v.held_out for v in views):
         raise ExportError("every camera is held out: lower the held-out setting")
     return views

@@ -18,7 +18,12 @@ from .scene_export import FitRequest
 
 
 class FitFailed(RuntimeError):
-    """The fit stopped with an error; the message is for the user."""
+    """The fit stopped with an error; the message is for the user. kind: the backend's
+    error kind ("fit": bad input, such as a photo with no object; "internal"...)."""
+
+    def __init__(self, message: str, kind: str = "internal"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class FitSession:
@@ -43,6 +48,7 @@ class FitSession:
         self.iou_history: list[tuple[int, float]] = []
         self.updates = 0  # streamed vertex arrays applied
         self.cancel_requested = False
+        self.stage: tuple[str, int, int] | None = None  # (name, done, total) before fitting
         self._last_print = 0.0
 
     # -- what the panel shows -------------------------------------------------------
@@ -55,6 +61,9 @@ class FitSession:
     def progress_text(self) -> str:
         if not self.fit_sent:
             return "Starting the backend..."
+        if self.stage is not None and self.iteration == 0:
+            name, done, total = self.stage
+            return f"Finding {name}: {done} / {total}"
         return f"{self.iteration} / {self.iterations}"
 
     @property
@@ -83,7 +92,8 @@ class FitSession:
             if client.hello is None:
                 return False
             request = self.request
-            client.start_fit(request.vertices, request.faces, request.views, request.options)
+            client.start_fit(request.vertices, request.faces, request.views, request.options,
+                             request.silhouettes)
             self.fit_sent = True
             self._log(f"backend ready ({client.hello.get('device')}, torch "
                       f"{client.hello.get('torch')}): fitting {len(self.views)} views")
@@ -91,8 +101,11 @@ class FitSession:
             kind = event["type"]
             if kind == "progress":
                 self._on_progress(event)
+            elif kind == "stage":
+                self.stage = (event["stage"], int(event["done"]), int(event["total"]))
+                self._log(f"{event['stage']}: {event['done']} / {event['total']} views")
             elif kind == "error":
-                raise FitFailed(event["message"])
+                raise FitFailed(event["message"], event.get("kind", "internal"))
             elif kind == "done":
                 self.done = event
         if self.done is None:
@@ -142,6 +155,7 @@ class FitSession:
             "streamed_updates": self.updates,
             "wall_seconds": time.monotonic() - self.started,
             "backend": dict(self.hello or {}),
+            "silhouettes": done.get("silhouettes"),
             **metrics,
         }
 

@@ -244,3 +244,11 @@ def check_silhouette(target: np.ndarray, name: str = "image") -> None:
             "a transparent background (render with Film > Transparent and save PNG or EXR "
             "with RGBA)"
         )
+
+
+def mask_from_rgba(rgba: np.ndarray) -> np.ndarray:
+    """A mask image's target (H, W, 4) straight-alpha RGBA -> (H, W) float32 in [0, 1]:
+    its luma (white = object) times its alpha (transparent counts as background)."""
+    rgba = np.asarray(rgba, dtype=np.float32)
+    luma = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.clip(luma * rgba[..., 3], 0.0, 1.0).astype(np.float32)

@@ -40,20 +40,19 @@ NEEDS_ADAPTIVE = pytest.mark.xfail(strict=False, reason="needs adaptive topology
 
 @pytest.fixture(scope="module")
 def fitted():
-    """Fit results by (target, start), computed once for the module, with each target's
-    carved hull's held-out IoU under (target, "hull, no fit")."""
-    cache = {}
+    """get(target, start) -> (the fit from that start, the carved hull unfitted: a fit of 0
+    iterations), each computed once for the module."""
+    views, hulls, results = {}, {}, {}
 
     def get(target: str, start: str):
-        if (target, start) not in cache:
-            if target not in {t for t, _ in cache}:
-                cache[(target, "views")] = cycles_views(target)
-                hull = fit(cache[(target, "views")], options=FitOptions(iterations=0))
-                cache[(target, "hull, no fit")] = hull
+        if target not in views:
+            views[target] = cycles_views(target)
+            hulls[target] = fit(views[target], options=FitOptions(iterations=0))
+        if (target, start) not in results:
             mesh = start_mesh(start)
             vertices, faces = mesh if mesh is not None else (None, None)
-            cache[(target, start)] = fit(cache[(target, "views")], vertices, faces)
-        return cache[(target, start)], cache[(target, "hull, no fit")]
+            results[(target, start)] = fit(views[target], vertices, faces)
+        return results[(target, start)], hulls[target]
 
     return get
 

@@ -51,7 +51,16 @@ def test_gradient_through_the_solve():
     np.testing.assert_allclose(u.grad.numpy(), np.linalg.solve(A.T, weights.numpy()), atol=1e-10)
 
 
-def test_rebuilding_after_a_topology_change_is_required_and_cheap():
+def test_float32_coordinates_through_a_float64_factor():
+    v, f = icosphere(1)
+    system = SmoothSystem.build(f, len(v), dtype=torch.float64)
+    u = torch.randn(len(v), 3, requires_grad=True)
+    out = system.from_differential(u)
+    out.sum().backward()
+    assert out.dtype == u.grad.dtype == torch.float32
+
+
+def test_a_system_refuses_another_topology():
     v, f = icosphere(1)
     system = SmoothSystem.build(f, len(v))
     v2, f2 = icosphere(2)

@@ -10,6 +10,8 @@ import torch
 from conftest import icosphere, make_cameras
 
 from backend.core.camera import blender_camera, look_at
+from backend.render.binning import pixel_boxes
+from backend.render.raster_cpu import count_pairs
 from backend.render.renderer import (
     Cameras,
     Lighting,
@@ -342,3 +344,42 @@ def test_cpu_render_and_gradients_are_bitwise_repeatable_with_several_threads():
         torch.set_num_threads(threads)
     for run in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(runs[0], run, strict=True))
+
+
+@pytest.mark.parametrize("sigma, cutoff", [(0.1, 1e-4), (2.0, 1e-3), (0.5, 1e-12)])
+def test_pair_enumeration_holds_exactly_the_pairs_inside_the_cutoff(sigma, cutoff):
+    # Random triangles, some partly outside the image: the pairs the CPU passes shade
+    # are exactly those a dense test of every pixel against every face finds.
+    g = torch.Generator().manual_seed(7)
+    n, width, height = 40, 37, 29
+    corners = torch.rand(n, 1, 2, generator=g, dtype=torch.float64) * torch.tensor(
+        [width * 1.3, height * 1.3], dtype=torch.float64) - 4.0
+    corners = corners + (torch.rand(n, 3, 2, generator=g, dtype=torch.float64) - 0.5) * 9.0
+    face_screen = torch.cat([corners, torch.ones(n, 3, 1, dtype=torch.float64)], -1)[None]
+    valid = torch.rand(1, n, generator=g) > 0.1
+    settings = RenderSettings(sigma=sigma, cutoff=cutoff)
+    candidates, kept = count_pairs(face_screen, valid, width, height, settings)
+
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
+                            torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
+    p = torch.stack([xs, ys], -1).reshape(-1, 1, 2)  # (HW, 1, 2)
+    a, b, c = (face_screen[0, :, k, :2] for k in range(3))  # (F, 2) each
+    edge_values = []
+    for s, t in ((b, c), (c, a), (a, b)):
+        edge_values.append((t[:, 0] - s[:, 0]) * (p[..., 1] - s[:, 1]) -
+                           (t[:, 1] - s[:, 1]) * (p[..., 0] - s[:, 0]))
+    e = torch.stack(edge_values, -1)  # (HW, F, 3)
+    inside = (e * e.sum(-1, keepdim=True) > 0).all(-1)
+    distances = []
+    for s, t in ((a, b), (b, c), (c, a)):
+        d = t - s
+        along = (((p - s) * d).sum(-1) / (d * d).sum(-1)).clamp(0, 1)
+        distances.append(((p - s - along[..., None] * d) ** 2).sum(-1))
+    d2 = torch.stack(distances, -1).min(-1).values
+    prob = torch.sigmoid(torch.where(inside, d2, -d2) / sigma)
+    expected = int(((prob >= cutoff) & valid[0]).sum())
+    boxes = pixel_boxes(face_screen, settings.cutoff_distance, width, height)[valid]
+    box_cells = int(((boxes[:, 1] - boxes[:, 0] + 1).clamp_min(0) *
+                     (boxes[:, 3] - boxes[:, 2] + 1).clamp_min(0)).sum())
+    assert kept == expected > 0
+    assert kept <= candidates <= box_cells

@@ -95,7 +95,14 @@ def assert_valid(v: torch.Tensor, f: torch.Tensor, shape: str) -> None:
     assert bool((facing > 0).all()), f"{int((facing <= 0).sum())} faces turned inside out"
 
 
+def tetrahedron() -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest closed mesh: nothing may collapse."""
+    v = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]], dtype=np.float64)
+    return oriented(v, [[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]])
+
+
 SHAPES = {
+    "tetrahedron": (tetrahedron, 3.0),
     "cube": (box, 0.35),
     "sliver_box": (lambda: box((2.0, 0.05, 0.05)), 0.2),
     "uv_sphere_slivers": (lambda: uv_sphere(48, 4), 0.25),
@@ -115,6 +122,20 @@ def test_every_call_leaves_a_valid_closed_manifold(shape, scale):
         v, f = result.vertices, result.faces
         assert_valid(v, f, shape)
     assert len(v) - len(f) // 2 == genus_before, "the topology's genus is kept"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_per_vertex_targets_in_float32_keep_the_mesh_valid(shape, seed):
+    build, target = SHAPES[shape]
+    v, f = build()
+    v = v.float()
+    rng = np.random.default_rng(seed)
+    lengths = torch.tensor(target * np.exp(rng.uniform(-1.2, 1.2, len(v))), dtype=v.dtype)
+    for _ in range(6):
+        result = remesh(v, f, lengths)
+        v, f, lengths = result.vertices, result.faces, result.target_length
+        assert_valid(v.double(), f, shape)
 
 
 def test_edges_end_near_the_target_length():
@@ -242,6 +263,8 @@ def test_rejects_open_and_inconsistent_meshes():
         remesh(v, flipped, torch.tensor(0.3))
     with pytest.raises(ValueError, match="target_length"):
         remesh(v, f, torch.zeros(len(v)))
+    with pytest.raises(ValueError, match="finite"):
+        remesh(v * float("nan"), f, torch.tensor(0.3))
 
 
 def test_pixel_targets_scale_with_depth_and_focal_length():

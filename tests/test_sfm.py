@@ -278,13 +278,15 @@ def test_cancel_stops_the_solve_promptly(tmp_path):
 @pytest.mark.blender
 @needs_pycolmap
 def test_solve_recovers_the_cameras_of_cycles_renders(tmp_path):
-    """Spot on textured hills from a 2 x 8 ring at 320x240 (devtools/sfm_scene.py): every
-    photo registers and the poses match the truth after a similarity."""
+    """Spot on textured hills from 3 rings of 8 cameras at 320x240 (devtools/sfm_scene.py):
+    every photo registers and the poses match the truth after a similarity. (At 320x240
+    the worst errors were 0.21 degrees and 0.39% of the radius; 2 rings left 5 photos
+    out.)"""
     pytest.importorskip("bpy")
     from devtools.sfm_scene import render_views
 
-    truth = render_views(tmp_path, azimuths=8, elevations=(20.0, 35.0), width=320, height=240,
-                         lens=35.0, samples=4)
+    truth = render_views(tmp_path, azimuths=8, elevations=(20.0, 35.0, 50.0), width=320,
+                         height=240, distance=3.5, samples=8)
     stages_seen = set()
     result = solve_cameras(tmp_path / "images", normalise=False,
                            on_progress=lambda stage, *_: stages_seen.add(stage))

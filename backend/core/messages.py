@@ -28,8 +28,11 @@ MESSAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "done": ("fit_id", "status", "vertices", "faces", "colors", "metrics", "message"),
     "error": ("fit_id", "message", "kind", "fatal"),
     "heartbeat": ("busy", "fit_id", "uptime"),
+    "stage": ("fit_id", "stage", "done", "total"),
+    "masks": ("fit_id", "names", "masks", "silhouettes"),
     # client -> backend
     "start_fit": ("fit_id", "vertices", "faces", "views", "options"),
+    "segment": ("fit_id", "views", "silhouettes"),
     "cancel": ("fit_id",),
     "shutdown": (),
 }
@@ -46,12 +49,15 @@ class View:
     camera: its `CameraMatrices` (image size included). image: (H, W, 4) float32 RGBA
     in [0, 1], row 0 at the top, linear, straight alpha; alpha is the silhouette.
     held_out: measured, never fitted.
+    mask: (H, W) float32 in [0, 1] (1 = object) the user gave for this camera (a mask
+    file), or None; used by the silhouettes stage, see `silhouettes`.
     """
 
     camera: CameraMatrices
     image: np.ndarray
     name: str = ""
     held_out: bool = False
+    mask: np.ndarray | None = None
 
 
 @dataclass
@@ -65,18 +71,57 @@ class StartFit:
     faces: np.ndarray | None
     views: list[View]
     options: dict
+    silhouettes: dict | None = None
+
+
+@dataclass
+class Segment:
+    """A parsed segment request: find the views' silhouettes without fitting.
+    silhouettes: `backend.segment.stage.SilhouetteRequest` fields as plain values."""
+
+    fit_id: int
+    views: list[View]
+    silhouettes: dict
 
 
 # -- client -> backend ---------------------------------------------------------------------
 
 
 def start_fit(fit_id: int, vertices: np.ndarray | None, faces: np.ndarray | None,
-              views: list[View], options: dict | None = None) -> dict:
-    """The request that starts a fit (arrays are sent from memory as they are)."""
-    return {"type": "start_fit", "fit_id": fit_id, "vertices": vertices, "faces": faces,
-            "views": [{"name": v.name, "camera": v.camera.to_dict(), "image": v.image,
-                       "held_out": bool(v.held_out)} for v in views],
-            "options": dict(options or {})}
+              views: list[View], options: dict | None = None,
+              silhouettes: dict | None = None) -> dict:
+    """The request that starts a fit (arrays are sent from memory as they are).
+
+    silhouettes: how the backend finds the silhouettes first (`silhouettes_settings`);
+    None: the images' alpha as it is, no silhouettes stage."""
+    message = {"type": "start_fit", "fit_id": fit_id, "vertices": vertices, "faces": faces,
+               "views": [_view(v) for v in views], "options": dict(options or {})}
+    if silhouettes is not None:
+        message["silhouettes"] = dict(silhouettes)
+    return message
+
+
+def segment(fit_id: int, views: list[View], silhouettes: dict) -> dict:
+    """Ask for the views' silhouettes only (answered by a masks message, or an error)."""
+    return {"type": "segment", "fit_id": fit_id, "views": [_view(v) for v in views],
+            "silhouettes": dict(silhouettes)}
+
+
+def silhouettes_settings(mode: str = "auto", model: str | None = None, check: bool = True,
+                         keep_flagged: bool = False, contact_sheet: str | None = None) -> dict:
+    """The silhouettes field of start_fit and segment. mode: auto|alpha|masks|key|learned;
+    model: ONNX file for learned; check: multi-view consistency check; keep_flagged: fit
+    views the check flags; contact_sheet: image path the backend writes after the fit."""
+    return {"mode": mode, "model": model, "check": bool(check),
+            "keep_flagged": bool(keep_flagged), "contact_sheet": contact_sheet}
+
+
+def _view(v: View) -> dict:
+    view = {"name": v.name, "camera": v.camera.to_dict(), "image": v.image,
+            "held_out": bool(v.held_out)}
+    if v.mask is not None:
+        view["mask"] = np.asarray(v.mask, dtype=np.float32)
+    return view
 
 
 def cancel(fit_id: int | None) -> dict:
@@ -98,9 +143,24 @@ def parse_start_fit(message: dict) -> StartFit:
         options = dict(message["options"] or {})
         vertices = _optional_array(message["vertices"], "vertices")
         faces = _optional_array(message["faces"], "faces")
+        silhouettes = message.get("silhouettes")
+        if silhouettes is not None and not isinstance(silhouettes, dict):
+            raise TypeError("silhouettes must be an object or absent")
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed fit request: {exc!r}") from exc
-    return StartFit(message["fit_id"], vertices, faces, views, options)
+    return StartFit(message["fit_id"], vertices, faces, views, options, silhouettes)
+
+
+def parse_segment(message: dict) -> Segment:
+    """A segment message as plain data; ValueError saying what is wrong with it."""
+    try:
+        views = [_parse_view(i, v) for i, v in enumerate(message["views"])]
+        silhouettes = message["silhouettes"]
+        if not isinstance(silhouettes, dict):
+            raise TypeError("silhouettes must be an object")
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"malformed segment request: {exc!r}") from exc
+    return Segment(message["fit_id"], views, silhouettes)
 
 
 def _parse_view(index: int, view) -> View:
@@ -116,8 +176,15 @@ def _parse_view(index: int, view) -> View:
     else:
         raise ValueError(f"view {index}'s image has dtype {image.dtype}: send float32 in [0, 1] "
                          "or uint8")
+    mask = view.get("mask")
+    if mask is not None:
+        if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+            raise ValueError(f"view {index}'s mask must be an (H, W) array")
+        mask = mask.astype(np.float32) / 255.0 if mask.dtype == np.uint8 else (
+            mask.astype(np.float32, copy=False))
     return View(camera=CameraMatrices.from_dict(view["camera"]), image=image,
-                name=str(view.get("name", "")), held_out=bool(view.get("held_out", False)))
+                name=str(view.get("name", "")), held_out=bool(view.get("held_out", False)),
+                mask=mask)
 
 
 def _optional_array(value, name: str):
@@ -161,9 +228,11 @@ def newest_vertices(old: dict | None, new: dict) -> dict:
     return new
 
 
-def done(fit_id: int, r) -> dict:
-    """A `backend.fit.fitting.FitResult` as a done message."""
-    return {
+def done(fit_id: int, r, silhouettes: dict | None = None) -> dict:
+    """A `backend.fit.fitting.FitResult` as a done message; silhouettes: the silhouettes
+    stage's report (`SegmentOutcome.report`: sources, flagged views and why, seconds) when
+    the request had one."""
+    message = {
         "type": "done", "fit_id": fit_id, "status": r.status, "message": r.message,
         "vertices": np.asarray(r.vertices, dtype=np.float32),
         "faces": np.asarray(r.faces, dtype=np.int32),
@@ -179,6 +248,25 @@ def done(fit_id: int, r) -> dict:
             "device": str(r.device),
         },
     }
+    if silhouettes is not None:
+        message["silhouettes"] = dict(silhouettes)
+    return message
+
+
+def stage(fit_id: int, name: str, done_count: int, total: int) -> dict:
+    """A stage before the fit's iterations (name "silhouettes"): done_count of total
+    views handled."""
+    return {"type": "stage", "fit_id": fit_id, "stage": name, "done": int(done_count),
+            "total": int(total)}
+
+
+def masks(fit_id: int, names: list[str], mask_arrays: list[np.ndarray],
+          silhouettes: dict) -> dict:
+    """The answer to segment: per view (H, W) float32 mask, and the silhouettes report
+    (sources, flagged views with reasons, seconds; `SegmentOutcome.report`)."""
+    return {"type": "masks", "fit_id": fit_id, "names": list(names),
+            "masks": [np.asarray(m, dtype=np.float32) for m in mask_arrays],
+            "silhouettes": dict(silhouettes)}
 
 
 def error(fit_id: int | None, text: str, kind: str, fatal: bool) -> dict:

@@ -79,11 +79,11 @@ class _Solve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, system):
         ctx.system = system
-        return system.solve(u)
+        return system.solve(u).to(u.dtype)
 
     @staticmethod
     def backward(ctx, grad_v):
-        return ctx.system.solve(grad_v), None
+        return ctx.system.solve(grad_v).to(grad_v.dtype), None
 
 
 @dataclass
@@ -147,7 +147,7 @@ class SmoothSystem:
 
     def from_differential(self, u: torch.Tensor) -> torch.Tensor:
         """v = (I + lam L)^-1 u, differentiable in u: (V, 3) -> (V, 3)."""
-        return _Solve.apply(u, self).to(u.dtype)
+        return _Solve.apply(u, self)
 
 
 class AdamUniform(torch.optim.Optimizer):

@@ -190,6 +190,9 @@ def remesh(vertices: torch.Tensor, faces: torch.Tensor, target_length: torch.Ten
     COLLAPSE_RATIO x target (and needle faces' shortest edges) collapse to their midpoint.
     """
     V = vertices.shape[0]
+    if vertices.dim() != 2 or vertices.shape[1] != 3 or not bool(torch.isfinite(vertices).all()):
+        raise ValueError("vertices must be a (V, 3) tensor of finite numbers: a NaN or infinite "
+                         "position means the optimisation diverged; lower the learning rate")
     target = torch.as_tensor(target_length, dtype=vertices.dtype, device=vertices.device)
     target = target.expand(V) if target.dim() == 0 else target
     if target.shape != (V,) or not bool((target > 0).all()):
@@ -223,7 +226,8 @@ def _collapse(mesh: _Mesh) -> int:
     length = (v[a] - v[b]).norm(dim=1)
     target = 0.5 * (mesh.data[_TARGET][a] + mesh.data[_TARGET][b])
     candidate = (length < COLLAPSE_RATIO * target) | _needle_edges(length, c)
-    # Link condition: the ends share exactly the two opposite vertices; those keep valence >= 3.
+    # The two opposite vertices must keep valence >= 3, and (link condition, below) be the
+    # only neighbours the edge's ends share: otherwise the collapse pinches the surface.
     candidate &= (c.valence[c.opposite] > 3).all(dim=1) & (V > 4)
     idx = torch.nonzero(candidate).squeeze(1)
     neighbours = _padded_groups(c.edges.reshape(-1), c.edges.flip(1).reshape(-1), V)

@@ -219,6 +219,8 @@ class Service:
             kind = message["type"]
             if kind == "start_fit":
                 self._start_fit(message)
+            elif kind == "segment":
+                self._start_segment(message)
             elif kind == "cancel":
                 self._cancel(message["fit_id"])
             elif kind == "shutdown":
@@ -237,52 +239,114 @@ class Service:
         else:
             log.info("cancel for fit %s ignored: it is not running", fit_id)
 
-    def _start_fit(self, message: dict) -> None:
-        fit_id = message["fit_id"]
+    def _idle(self, fit_id) -> bool:
+        """True when no job (fit or segment) runs; else says so to the client."""
         if self._worker is not None:
             if not self._finished.is_set():
                 self.outbox.send(messages.error(
                     fit_id, f"fit {self._fit_id} is still running: cancel it and wait for its "
                     "'done' message before starting another", kind="busy", fatal=False))
-                return
+                return False
             self._worker.join()  # it has sent its last message and is exiting
-        fitting = self._fitting
-        try:
-            request = messages.parse_start_fit(message)
-            options = fitting.FitOptions.from_dict(request.options)
-            fitting.resolve_device(options.device)
-        except ValueError as exc:
-            self.outbox.send(messages.error(fit_id, str(exc), kind="fit", fatal=False))
-            return
-        views = [fitting.View(v.camera, v.image, v.name, v.held_out) for v in request.views]
-        vertices, faces = request.vertices, request.faces
+        return True
+
+    def _launch(self, fit_id, job, args: tuple) -> None:
+        """Run ``job(fit_id, *args, stop)`` on the worker thread; its return value is the
+        job's last message."""
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._fit_id = fit_id
         self._iteration = 0
         with self._stats_lock:
             self._stats = _new_stats()
-        log.info("fit %s: %d views, %s, device %s", fit_id, len(views),
-                 "visual hull start" if vertices is None else f"{len(vertices)} vertices",
-                 options.device)
         self._worker = threading.Thread(
-            target=self._run_fit,
-            args=(fit_id, views, vertices, faces, options, self._stop, self._finished),
+            target=self._run_job, args=(job, (fit_id, *args, self._stop), self._finished),
             name=f"fit-{fit_id}", daemon=True)
         self._worker.start()
 
+    def _start_fit(self, message: dict) -> None:
+        fit_id = message["fit_id"]
+        if not self._idle(fit_id):
+            return
+        fitting = self._fitting
+        try:
+            request = messages.parse_start_fit(message)
+            options = fitting.FitOptions.from_dict(request.options)
+            fitting.resolve_device(options.device)
+            silhouettes = _silhouette_request(request.silhouettes)
+        except ValueError as exc:
+            self.outbox.send(messages.error(fit_id, str(exc), kind="fit", fatal=False))
+            return
+        log.info("fit %s: %d views, %s, device %s", fit_id, len(request.views),
+                 "visual hull start" if request.vertices is None
+                 else f"{len(request.vertices)} vertices", options.device)
+        self._launch(fit_id, self._fit_outcome, (request, options, silhouettes))
+
+    def _start_segment(self, message: dict) -> None:
+        fit_id = message["fit_id"]
+        if not self._idle(fit_id):
+            return
+        try:
+            request = messages.parse_segment(message)
+            silhouettes = import_module("backend.segment.stage").SilhouetteRequest.from_dict(
+                request.silhouettes)
+        except ValueError as exc:
+            self.outbox.send(messages.error(fit_id, str(exc), kind="fit", fatal=False))
+            return
+        log.info("segment %s: %d views, mode %s", fit_id, len(request.views), silhouettes.mode)
+        self._launch(fit_id, self._segment_outcome, (request.views, silhouettes))
+
     # -- worker thread -----------------------------------------------------------------
 
-    def _run_fit(self, fit_id, views, vertices, faces, options, stop: threading.Event,
-                 finished: threading.Event) -> None:
+    def _run_job(self, job, args: tuple, finished: threading.Event) -> None:
         try:
-            self.outbox.finish(self._fit_outcome(fit_id, views, vertices, faces, options, stop))
+            self.outbox.finish(job(*args))
         finally:
             finished.set()
 
-    def _fit_outcome(self, fit_id, views, vertices, faces, options, stop) -> dict:
-        """Run one fit; its done or error message."""
+    def _segment(self, fit_id, views, silhouettes):
+        """The silhouettes stage (`backend.segment.stage.segment_views`), posting a stage
+        message per view."""
+        stage = import_module("backend.segment.stage")
+
+        def on_view(k: int, n: int) -> None:
+            self.outbox.send(messages.stage(fit_id, "silhouettes", k, n))
+
+        self.outbox.send(messages.stage(fit_id, "silhouettes", 0, len(views)))
+        return stage.segment_views(views, silhouettes, on_view)
+
+    def _segment_outcome(self, fit_id, views, silhouettes, stop) -> dict:
+        """Run a segment request; its masks or error message."""
+        try:
+            outcome = self._segment(fit_id, views, silhouettes)
+        except ValueError as exc:
+            return messages.error(fit_id, str(exc), kind="fit", fatal=False)
+        except Exception as exc:
+            log.exception("segment %s failed", fit_id)
+            return messages.error(fit_id, f"Finding the silhouettes failed: "
+                                  f"{type(exc).__name__}: {exc}", kind="internal", fatal=False)
+        return messages.masks(fit_id, outcome.names, outcome.masks, outcome.report())
+
+    def _fit_outcome(self, fit_id, request, options, silhouettes, stop) -> dict:
+        """Run one fit (after the silhouettes stage when the request asks for one); its
+        done or error message."""
         fitting = self._fitting
+        views, outcome = request.views, None
+        if silhouettes is not None:
+            try:
+                outcome = self._segment(fit_id, views, silhouettes)
+                views = import_module("backend.segment.stage").fit_views(
+                    views, outcome, silhouettes.keep_flagged)
+            except ValueError as exc:
+                return messages.error(fit_id, str(exc), kind="fit", fatal=False)
+            except Exception as exc:
+                log.exception("fit %s: the silhouettes stage failed", fit_id)
+                return messages.error(fit_id, f"Finding the silhouettes failed: "
+                                      f"{type(exc).__name__}: {exc}", kind="internal",
+                                      fatal=False)
+            for check in outcome.flagged():
+                log.info("fit %s: %s", fit_id, check.reason)
+        fit_views = [fitting.View(v.camera, v.image, v.name, v.held_out) for v in views]
 
         def on_progress(p) -> None:
             start = time.perf_counter()
@@ -295,10 +359,13 @@ class Service:
                 self._stats["post_seconds"] += time.perf_counter() - start
 
         try:
-            result = fitting.fit(views, vertices, faces, options, on_progress=on_progress,
-                                 should_stop=stop.is_set)
+            result = fitting.fit(fit_views, request.vertices, request.faces, options,
+                                 on_progress=on_progress, should_stop=stop.is_set)
             log.info("fit %s %s after %d iterations", fit_id, result.status, result.iterations)
-            return messages.done(fit_id, result)
+            if outcome is None:
+                return messages.done(fit_id, result)
+            _write_sheet(silhouettes, request.views, outcome, result)
+            return messages.done(fit_id, result, outcome.report())
         except fitting.FitError as exc:
             log.info("fit %s rejected: %s", fit_id, exc)
             return messages.error(fit_id, str(exc), kind="fit", fatal=False)
@@ -387,6 +454,22 @@ def backend_info(fitting) -> dict:
         "pid": os.getpid(),
         "threads": threads.in_effect(torch.get_num_threads()),
     }
+
+
+def _silhouette_request(fields: dict | None):
+    """`backend.segment.stage.SilhouetteRequest` of a request's silhouettes field; None
+    when there is none, or its mode is "alpha" without a contact sheet to write (the
+    images' alpha as it is: no stage)."""
+    if fields is None or (fields.get("mode") == "alpha" and not fields.get("contact_sheet")):
+        return None
+    return import_module("backend.segment.stage").SilhouetteRequest.from_dict(fields)
+
+
+def _write_sheet(silhouettes, views, outcome, result) -> None:
+    """The contact sheet the request asked for (photo | mask | fitted outline)."""
+    if silhouettes.contact_sheet:
+        import_module("backend.segment.stage").write_fit_sheet(
+            silhouettes.contact_sheet, views, outcome, result.vertices, result.faces)
 
 
 def _new_stats() -> dict:

@@ -24,8 +24,9 @@ first run on a machine pays the few seconds of compilation.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -75,8 +76,7 @@ class SoftRasterizeCpu(torch.autograd.Function):
         consts = _constants(settings)
         rgba = np.empty((B, height, width, 1 if face_colors is None else 4))
         aux = np.empty((B, height, width, 3))
-        with _camera_threads():
-            _forward(corners, colors, boxes, ortho, consts, rgba, aux)
+        _per_camera(_forward_camera, corners, colors, boxes, ortho, consts, rgba, aux)
         ctx.saved = (corners, colors, boxes, ortho, consts, rgba, aux)
         ctx.dtypes = (face_screen.dtype, None if face_colors is None else face_colors.dtype)
         return torch.from_numpy(rgba).to(face_screen.dtype)
@@ -86,9 +86,8 @@ class SoftRasterizeCpu(torch.autograd.Function):
         corners, colors, boxes, ortho, consts, rgba, aux = ctx.saved
         grad_screen = np.zeros_like(corners)
         grad_colors = np.zeros_like(colors)
-        with _camera_threads():
-            _backward(corners, colors, boxes, ortho, consts, rgba, aux, _float64(grad_rgba),
-                      grad_screen, grad_colors)
+        _per_camera(_backward_camera, corners, colors, boxes, ortho, consts, rgba, aux,
+                    _float64(grad_rgba), grad_screen, grad_colors)
         screen_dtype, colors_dtype = ctx.dtypes
         grad_colors = None if colors_dtype is None else torch.from_numpy(grad_colors).to(
             colors_dtype)
@@ -131,17 +130,29 @@ def _constants(settings: RenderSettings) -> np.ndarray:
                     dtype=np.float64)
 
 
-@contextlib.contextmanager
-def _camera_threads():
-    """Numba's parallel loops on as many threads as torch's (the backend's choice,
-    `backend.core.threads`), handing out one camera at a time (which keeps the threads
-    balanced when other processes hold some cores)."""
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    chunk = numba.set_parallel_chunksize(1)
-    try:
-        yield
-    finally:
-        numba.set_parallel_chunksize(chunk)
+def _per_camera(function, corners, colors, boxes, ortho, consts, *images) -> None:
+    """Run a compiled per-camera pass for every camera b, handing it camera b's slice
+    of every array; ``consts`` goes whole.
+
+    Cameras run in parallel on as many threads as torch uses (the backend's choice,
+    `backend.core.threads`): the compiled passes release the GIL, and a pool hands
+    out one camera at a time, which keeps the threads balanced when other processes
+    hold some cores.
+    """
+    def run(b):
+        function(corners[b], colors[b], boxes[b], ortho[b], consts, *(a[b] for a in images))
+
+    threads = min(torch.get_num_threads(), len(ortho))
+    if threads <= 1:
+        for b in range(len(ortho)):
+            run(b)
+        return
+    list(_thread_pool(threads).map(run, range(len(ortho))))  # list(): raise errors here
+
+
+@functools.cache
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="softras-cpu")
 
 
 # ---------------------------------------------------------------------------
@@ -151,9 +162,7 @@ def _camera_threads():
 # error_model="numpy": float division follows IEEE (no per-division zero check); the
 # faces reaching the passes are valid, so no division by zero happens there.
 _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-_parallel = numba.njit(cache=True, nogil=True, error_model="numpy", parallel=True)
-# Helpers called per pixel are inlined where Numba compiles their callers: a call
-# that passes array views costs reference counting, several times the arithmetic.
+# Helpers called per pixel are inlined into their callers by Numba.
 _inline = numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
 
 
@@ -276,19 +285,11 @@ def _count_pairs(corners, boxes, consts):
     return candidates, kept
 
 
-@_parallel
-def _forward(corners, colors, boxes, ortho, consts, rgba, aux):
-    """Fills rgba (B, H, W, C) and aux (B, H, W, 3) = [transparency prod_j (1 - D_j),
-    softmax maximum M, normaliser Z]
-    from corners and colors (B, F, 3, 3) and boxes (B, F, 4); cameras in parallel."""
-    for cam in numba.prange(len(ortho)):
-        _forward_camera(corners[cam], colors[cam], boxes[cam], ortho[cam], consts, rgba[cam],
-                        aux[cam])
-
-
 @_jit
 def _forward_camera(corners, colors, boxes, ortho, consts, rgba, aux):
-    """`_forward` for one camera: corners and colors (F, 3, 3), rgba (H, W, C)."""
+    """The forward pass for one camera: corners and colors (F, 3, 3), boxes (F, 4),
+    ortho bool, consts (`_constants`). Fills rgba (H, W, C) and aux (H, W, 3) =
+    [transparency prod_j (1 - D_j), softmax maximum M, normaliser Z]."""
     H, W, channels = rgba.shape
     sigma, d2_cutoff, gamma, eps, near, far = consts[:6]
     depth_scale, margin = 1.0 / ((far - near) * gamma), consts[9]
@@ -336,24 +337,12 @@ def _forward_camera(corners, colors, boxes, ortho, consts, rgba, aux):
             rgba[..., ch] /= aux[..., 2]
 
 
-@_parallel
-def _backward(corners, colors, boxes, ortho, consts, rgba, aux, grad_rgba, grad_screen,
-              grad_colors):
-    """Accumulates into grad_screen and grad_colors (B, F, 3, 3) the gradients of
-    sum(grad_rgba * rgba), from the forward pass's rgba and aux; cameras in parallel."""
-    for cam in numba.prange(len(ortho)):
-        _backward_camera(corners[cam], colors[cam], boxes[cam], ortho[cam], consts, rgba[cam],
-                         aux[cam], grad_rgba[cam], grad_screen[cam], grad_colors[cam])
-
-
 @_jit
 def _backward_camera(corners, colors, boxes, ortho, consts, rgba, aux, grad_rgba, grad_screen,
                      grad_colors):
-    """`_backward` for one camera: (F, 3, 3) faces, (H, W, C) images.
-
-    The per-pixel loop reads array elements, never slices: a slice (a view) costs
-    atomic reference counting, more than the arithmetic of a pair.
-    """
+    """The backward pass for one camera (arrays as in `_forward_camera`): accumulates
+    into grad_screen and grad_colors (F, 3, 3) the gradients of sum(grad_rgba * rgba),
+    from the forward pass's rgba and aux."""
     channels = rgba.shape[2]
     sigma, d2_cutoff, margin = consts[0], consts[1], consts[9]
     edges, inv_z = np.empty((3, 3)), np.empty(3)

@@ -3,10 +3,10 @@
     images = render(vertices, faces, cameras, colors, RenderSettings(sigma=0.5))
 
 Everything up to screen space (validation, lighting, projection, face culling) is
-plain torch here and shared by both implementations; the soft rasterization
-itself runs either on the CPU (`backend.render.raster_cpu`, pure torch with autograd) or
-on an NVIDIA GPU (`backend.render.raster_cuda`, CUDA kernels with analytic backward).
-Both give the same numbers.
+plain torch here (`backend.render.screen_space`) and shared by both implementations;
+the soft rasterization itself runs either on the CPU (`backend.render.raster_cpu`,
+loops compiled by Numba) or on an NVIDIA GPU (`backend.render.raster_cuda`, CUDA
+kernels), both with the same analytic backward and the same numbers.
 
 Units: pixel coordinates throughout. ``sigma`` is in squared pixels, so the same
 value gives the same edge softness in pixels at any resolution: a pixel centre at

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.mask_files import IMAGE_EXTENSIONS, MASK_SUFFIXES, find_mask
 from .images import read_image, read_mask
 from .key import KeySettings, key_silhouette
 from .learned import SalientObjectModel
 
 MODES = ("auto", "alpha", "masks", "key", "learned")
-MASK_SUFFIXES = ("", "_mask", "-mask", ".mask")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".bmp", ".webp")
+__all__ = ["IMAGE_EXTENSIONS", "MASK_SUFFIXES", "MODES", "Silhouette", "find_mask",
+           "silhouette", "silhouettes_from_files"]
 
 # Alpha below this (8-bit: 254) anywhere means the image has transparency.
 _OPAQUE = 254.0 / 255.0
@@ -50,26 +51,6 @@ def alpha_silhouette(image: np.ndarray, name: str) -> np.ndarray:
     if float(alpha.max()) <= 0.0:
         raise ValueError(f"{name}: transparent everywhere, so no object is in it")
     return alpha
-
-
-def find_mask(image_name: str, mask_dir: str | Path) -> Path:
-    """The mask file for image `image_name` in `mask_dir`: same stem, or the stem followed
-    by one of `MASK_SUFFIXES`, with any image extension. Raises ValueError when there is
-    none or more than one."""
-    mask_dir = Path(mask_dir)
-    if not mask_dir.is_dir():
-        raise ValueError(f"{mask_dir}: the masks folder does not exist")
-    stem = Path(image_name).stem
-    wanted = {(stem + suffix).lower() for suffix in MASK_SUFFIXES}
-    found = sorted(p for p in mask_dir.iterdir()
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.stem.lower() in wanted)
-    if not found:
-        raise ValueError(f"{image_name}: no mask in {mask_dir} (expected {stem}.png or "
-                         f"{stem}_mask.png, any image extension)")
-    if len(found) > 1:
-        raise ValueError(f"{image_name}: several masks match in {mask_dir}: "
-                         + ", ".join(p.name for p in found))
-    return found[0]
 
 
 def mask_silhouette(path: str | Path, width: int, height: int, name: str) -> np.ndarray:
