@@ -245,7 +245,8 @@ def self_intersections(vertices: np.ndarray, faces: np.ndarray) -> int:
     tree = mathutils.bvhtree.BVHTree.FromPolygons(
         [tuple(map(float, v)) for v in np.asarray(vertices)], np.asarray(faces).tolist(),
         all_triangles=True)
-    return len(tree.overlap(tree))
+    # A tree overlapping itself reports each crossing twice, as (i, j) and (j, i).
+    return len({(min(i, j), max(i, j)) for i, j in tree.overlap(tree)})
 
 
 def shaded_render(vertices: np.ndarray, faces: np.ndarray, params: dict,

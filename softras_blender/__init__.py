@@ -12,10 +12,19 @@ from __future__ import annotations
 
 def _modules():
     """The modules with classes to register, in registration order."""
-    from . import camera_operators, operators, panels, preferences, preview, properties
+    from . import (
+        camera_operators,
+        camera_refine_ops,
+        operators,
+        panels,
+        preferences,
+        preview,
+        properties,
+    )
 
     # camera_operators after panels: its panel is a child of the fit panel.
-    return (properties, preferences, operators, preview, panels, camera_operators)
+    return (properties, preferences, operators, camera_refine_ops, preview, panels,
+            camera_operators)
 
 
 def register():

@@ -8,8 +8,8 @@ Options (after ``--``): --scene, --object (omit to start from the visual hull),
 with a reference image), --images DIR (one image per camera name; default: the
 cameras' background images), --iterations, --resolution, --sharpness, --smoothness,
 --device, --threads (the backend's CPU threads, 0: automatic), --fit-colors,
---hold-out-every, --backend-python, --output OUT.blend, --export-obj OUT.obj,
---report report.json.
+--refine-cameras (the refined cameras are saved with --output), --hold-out-every,
+--backend-python, --output OUT.blend, --export-obj OUT.obj, --report report.json.
 
 Real captures: --silhouettes auto|alpha|masks|key|learned (default auto), --masks DIR,
 --model FILE.onnx, --keep-flagged, --no-check, --contact-sheet OUT.png (photo | mask |
@@ -72,6 +72,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="the backend's CPU threads (0: automatic; default: preferences)")
     parser.add_argument("--fit-colors", action="store_true")
+    parser.add_argument("--refine-cameras", action="store_true",
+                        help="also correct each camera's pose; with --output the refined "
+                             "cameras (flagged ones excepted) are saved")
     parser.add_argument("--hold-out-every", type=int, default=None,
                         help="hold out every n-th camera (measured, not fitted)")
     parser.add_argument("--backend-python", default="",
@@ -196,6 +199,8 @@ def configure(args, scene) -> None:
             setattr(settings, "held_out_every" if name == "hold_out_every" else name, value)
     if args.fit_colors:
         settings.fit_colors = True
+    if args.refine_cameras:
+        settings.refine_cameras = True
 
 
 def configure_silhouettes(args, settings) -> None:
@@ -335,6 +340,8 @@ def run(argv: list[str]) -> int:
         return _fail(f"the fit ended with status {result and result.get('status')!r}",
                      EXIT_FIT_FAILED)
     if args.output is not None:
+        if result.get("camera_corrections"):
+            bpy.ops.softras.apply_refined_cameras()
         bpy.ops.wm.save_as_mainfile(filepath=str(args.output.resolve()), copy=True)
     if args.export_obj is not None:
         export_obj(args.export_obj, result["object"])

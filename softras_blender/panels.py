@@ -5,7 +5,7 @@ from __future__ import annotations
 import bpy
 from bpy.types import Panel
 
-from . import operators, runtime
+from . import camera_refine_ops, operators, runtime
 
 
 class SoftRasPanelMixin:
@@ -64,6 +64,7 @@ class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
             row.operator(operators.SOFTRAS_OT_fit.bl_idname, icon="MOD_SHRINKWRAP")
             for line in runtime.last_status():
                 layout.label(text=line)
+            camera_refine_ops.draw_corrections(layout)
 
 
 def draw_silhouette_settings(layout, settings) -> None:
@@ -103,6 +104,7 @@ class SOFTRAS_PT_fit_options(SoftRasPanelMixin, Panel):
         col.prop(settings, "sharpness")
         col.prop(settings, "smoothness")
         col.prop(settings, "fit_colors")
+        col.prop(settings, "refine_cameras")
         col.prop(settings, "held_out_every")
 
 

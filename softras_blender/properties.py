@@ -118,6 +118,11 @@ class SoftRasSettings(PropertyGroup):
     keep_flagged: BoolProperty(
         name="Keep Flagged Views", default=False,
         description="Fit the views the check flags too (by default they are left out)")
+    refine_cameras: BoolProperty(
+        name="Refine Cameras", default=False,
+        description="Also correct each camera's pose by a little (for calibrations that are "
+                    "slightly off); the corrections are listed after the fit and written to "
+                    "the cameras by Apply Refined Cameras")
     held_out_every: IntProperty(
         name="Hold Out Every", default=0, min=0, soft_max=10,
         description="Hold out every n-th camera: never fitted, only measured (0: none)")

@@ -156,8 +156,18 @@ class FitSession:
             "wall_seconds": time.monotonic() - self.started,
             "backend": dict(self.hello or {}),
             "silhouettes": done.get("silhouettes"),
+            "camera_corrections": self._corrections(done.get("camera_corrections", [])),
             **metrics,
         }
+
+    def _corrections(self, corrections: list[dict]) -> list[dict]:
+        """The refined cameras' corrections, each with the pose and fx / width (per px)
+        of the camera as fitted: `camera_refine_ops` applies them to that pose."""
+        cameras = {v.name: v.camera for v in self.views}
+        return [{**c, "world_to_camera": cameras[c["name"]].world_to_camera.tolist(),
+                 "fx_per_px": float(cameras[c["name"]].intrinsics[0, 0]
+                                    / cameras[c["name"]].width)}
+                for c in corrections]
 
     # -- internals ------------------------------------------------------------------
 

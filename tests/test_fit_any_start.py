@@ -78,6 +78,14 @@ def test_torus_has_a_through_hole_and_the_table_four_separate_legs():
     assert check_mesh(mesh_arrays(table)[1]).components == 5  # top and four legs
 
 
+def test_self_intersections_counts_crossing_triangles_but_not_neighbours():
+    vertices, faces = start_mesh("icosphere")
+    assert self_intersections(vertices, faces) == 0  # neighbours touch, none cross
+    crossing = np.array([[-1.0, 0.0, -1.0], [1.0, 0.0, -1.0], [0.0, 0.0, 1.0],
+                         [0.0, -1.0, -0.5], [0.0, 1.0, -0.5], [0.0, 0.0, 2.0]])
+    assert self_intersections(crossing, np.array([[0, 1, 2], [3, 4, 5]])) == 1
+
+
 def mean_heldout(result) -> float:
     return float(np.mean(list(result.heldout_iou.values())))
 

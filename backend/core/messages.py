@@ -25,7 +25,8 @@ MESSAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "progress": ("fit_id", "iteration", "iterations", "losses", "mean_iou", "view_iou",
                  "elapsed"),
     "vertices": ("fit_id", "iteration", "vertices", "faces"),
-    "done": ("fit_id", "status", "vertices", "faces", "colors", "metrics", "message"),
+    "done": ("fit_id", "status", "vertices", "faces", "colors", "metrics", "message",
+             "camera_corrections"),
     "error": ("fit_id", "message", "kind", "fatal"),
     "heartbeat": ("busy", "fit_id", "uptime"),
     "stage": ("fit_id", "stage", "done", "total"),
@@ -247,6 +248,8 @@ def done(fit_id: int, r, silhouettes: dict | None = None) -> dict:
             "iterations": int(r.iterations),
             "device": str(r.device),
         },
+        # `ViewCorrection.to_dict` per refined camera (empty without refine_cameras)
+        "camera_corrections": [c.to_dict() for c in r.camera_corrections],
     }
     if silhouettes is not None:
         message["silhouettes"] = dict(silhouettes)

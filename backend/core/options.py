@@ -14,6 +14,7 @@ import numpy as np
 
 DEVICES = ("auto", "cpu", "cuda")
 INITS = ("hull", "sphere")
+TOPOLOGIES = ("adapt", "keep")
 
 
 class FitError(ValueError):
@@ -45,7 +46,24 @@ class FitOptions:
     Initial mesh (when none is given): ``init`` "hull" carves the visual hull,
     "sphere" stretches an icosphere over the hull's bounding box; ``init_faces`` is
     the initial mesh's approximate face count (0: chosen from the image size).
-    ``align_initial`` moves and scales a given mesh onto the silhouettes first.
+    ``align_initial`` moves and scales a given mesh onto the silhouettes first (done
+    anyway when the mesh's bounding box misses most of the silhouettes' one).
+
+    Topology (`backend.fit.adaptive`): ``topology`` "adapt" remeshes every
+    ``remesh_every`` iterations toward edges of ``edge_pixels`` pixels in the views at
+    the current resolution level, with at most ``face_budget`` faces (0: sized from the
+    silhouettes' pixel area, never above ``max_faces``); "keep" keeps the given faces
+    (in Blender: a shape key on the user's mesh). ``large_steps`` optimises the shape
+    through u = (I + ``smoothing`` L) v (Nicolet et al. 2021), moved by a uniform Adam
+    at ``large_steps_lr``, instead of Adam on offsets at ``learning_rate`` held by the
+    Laplacian term (``laplacian_weight`` then does nothing).
+
+    Cameras (`backend.fit.camera_refine`): ``refine_cameras`` optimises a small rotation
+    and shift of every fitting view's camera with the mesh (``refine_focal``: also one
+    shared focal-length scale), at ``camera_learning_rate`` ramped in over
+    ``refine_ramp`` of the iterations after the coarse levels, pulled toward zero by
+    ``camera_weight``; a view's correction beyond ``refine_max_degrees`` or
+    ``refine_max_shift`` (a fraction of its distance) is flagged and not applied.
     """
 
     iterations: int = 200
@@ -75,6 +93,20 @@ class FitOptions:
     init: str = "hull"
     init_faces: int = 0
     align_initial: bool = False
+    topology: str = "adapt"
+    remesh_every: int = 5
+    edge_pixels: float = 2.0
+    face_budget: int = 0
+    large_steps: bool = True
+    smoothing: float = 5.0
+    large_steps_lr: float = 0.2
+    refine_cameras: bool = False
+    refine_focal: bool = False
+    camera_learning_rate: float = 0.002
+    camera_weight: float = 0.1
+    refine_ramp: float = 0.1
+    refine_max_degrees: float = 5.0
+    refine_max_shift: float = 0.1
 
     def __post_init__(self):
         self.subdivide_at = tuple(float(x) for x in self.subdivide_at)
@@ -92,12 +124,24 @@ class FitOptions:
             (self.max_faces >= 4, "max_faces must be >= 4"),
             (self.stream_every >= 1, "stream_every must be >= 1"),
             (self.init in INITS, f"init must be one of {INITS}"),
+            (self.topology in TOPOLOGIES, f"topology must be one of {TOPOLOGIES}"),
+            (self.remesh_every >= 1, "remesh_every must be >= 1"),
+            (math.isfinite(self.edge_pixels) and self.edge_pixels >= 0.5,
+             "edge_pixels must be at least 0.5 (pixels)"),
+            (self.face_budget == 0 or self.face_budget >= 100,
+             "face_budget must be 0 (from the images) or at least 100"),
+            (math.isfinite(self.smoothing) and self.smoothing > 0, "smoothing must be > 0"),
+            (self.large_steps_lr > 0, "large_steps_lr must be positive"),
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
+            (self.camera_learning_rate > 0, "camera_learning_rate must be positive"),
+            (0 <= self.refine_ramp <= 1, "refine_ramp must be in [0, 1]"),
+            (self.refine_max_degrees > 0 and self.refine_max_shift > 0,
+             "refine_max_degrees and refine_max_shift must be positive"),
             (self.init_faces == 0 or self.init_faces >= 100,
              "init_faces must be 0 (automatic) or at least 100"),
         ]
         for name in ("silhouette_weight", "color_weight", "laplacian_weight", "flatten_weight",
-                     "edge_weight", "normal_weight"):
+                     "edge_weight", "normal_weight", "camera_weight"):
             value = getattr(self, name)
             checks.append((math.isfinite(value) and value >= 0, f"{name} must be >= 0"))
         for ok, message in checks:

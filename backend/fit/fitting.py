@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..core.options import FitError, FitOptions
+from .adaptive import AdaptiveTopology, check_adaptable, topology_advice
+from .camera_refine import ViewCorrection, correction_messages, refinement_for
 from .evaluation import coverage_warnings, evaluate
 from .inputs import (
     InitialMesh,
@@ -42,6 +44,7 @@ from .inputs import (
     resolve_device,
 )
 from .loop import LoopResult, Progress, ProgressReporter, optimise
+from .quality import quality_stats
 from .schedule import Schedule
 from .state import MeshState
 from .targets import Frame, TrainingTargets, view_groups
@@ -65,6 +68,8 @@ class FitResult:
     device: str
     status: str  # "done" | "cancelled" | "diverged"
     message: str
+    # per refined view (options.refine_cameras), in the training views' order
+    camera_corrections: list[ViewCorrection] = field(default_factory=list)
 
 
 def fit(
@@ -95,23 +100,34 @@ def fit(
     frame = Frame.around(start.vertices)
     t_init = time.perf_counter()
 
+    if options.topology == "adapt":
+        check_adaptable(start.faces)
+
     state = _initial_state(prep, start, frame, options, device)
     settings = render_settings(prep, start.vertices, options)
     schedule = Schedule(options, min(prep.train_sides()))
+    adaptive = AdaptiveTopology.create(prep, frame, schedule.levels, options)
     targets = TrainingTargets(prep, schedule.levels, frame, options.fit_colors, device)
     full_fit = view_groups(prep, prep.fit_idx, 1.0, frame, False, device)
     # Hard IoU of every non-held-out view, refreshed whenever the loop renders it.
     iou = evaluate(state.vertices().detach(), state.faces, full_fit, settings)
     messages = prep.messages + start.messages + coverage_warnings(
-        prep, iou, vertices is not None, options.align_initial)
+        prep, iou, vertices is not None, options.align_initial or start.aligned)
 
-    reporter = ProgressReporter(on_progress, options, prep.fit_idx, frame, t_start,
-                                new_faces=start.given_faces is None)
-    run = optimise(state, schedule, targets, settings, options, iou, reporter, should_stop)
+    new_faces = start.given_faces is None or adaptive is not None
+    reporter = ProgressReporter(on_progress, options, prep.fit_idx, frame, t_start, new_faces)
+    refinement = refinement_for(prep, frame, options, device)
+    run = optimise(state, schedule, targets, settings, options, iou, reporter, should_stop,
+                   adaptive, refinement)
     t_opt = time.perf_counter()
 
     final = run.last_good
     final_faces = torch.as_tensor(final.faces, dtype=torch.long, device=device)
+    corrections = []
+    if refinement is not None:  # the fitted views are measured through their refined cameras
+        full_fit = [refinement.corrected(group) for group in full_fit]
+        corrections = refinement.report(final.vertices, frame.to_world_matrix())
+        messages += correction_messages(corrections)
     fit_iou = evaluate(final.vertices, final_faces, full_fit, settings)
     heldout_iou = {}
     if prep.heldout_idx:
@@ -121,9 +137,21 @@ def fit(
 
     timing = {"init": t_init - t_start, "optimise": run.seconds, "evaluate": t_end - t_opt,
               "total": t_end - t_start, "per_iteration": run.seconds / max(run.completed, 1)}
-    topology_changed = start.given_faces is None or run.topology_changed
-    return _result(prep, frame, run, fit_iou, heldout_iou, topology_changed, timing, device,
-                   messages + run.messages)
+    world = frame.to_world(final.vertices)
+    messages += topology_advice(prep, start, world, final.faces, options)
+    messages.append(_quality_summary(world, final.faces))
+    result = _result(prep, frame, run, fit_iou, heldout_iou, new_faces or run.topology_changed,
+                     timing, device, messages + run.messages)
+    result.camera_corrections = corrections
+    return result
+
+
+def _quality_summary(world: np.ndarray, faces: np.ndarray) -> str:
+    """One line on the triangles' shape: minimum angles (degrees), for the report."""
+    stats = quality_stats(world, faces)
+    return (f"{int(stats['faces'])} faces, smallest angles: 5th percentile "
+            f"{stats['min_angle_p5']:.0f} deg, mean {stats['min_angle_mean']:.0f} deg, "
+            f"{stats['pct_under_10']:.1f}% under 10 deg")
 
 
 def _initial_state(prep: Prepared, start: InitialMesh, frame: Frame, options: FitOptions,

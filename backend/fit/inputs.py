@@ -27,6 +27,9 @@ from .visual_hull import (
     visual_hull,
 )
 
+# A given mesh whose bounding box overlaps the visual hull's by less than this (IoU) is
+# moved and scaled onto the silhouettes even without align_initial: it misses most of them.
+AUTO_ALIGN_OVERLAP = 0.5
 # Views whose silhouette covers fewer pixels than this count as empty.
 MIN_SILHOUETTE_PIXELS = 1
 
@@ -179,12 +182,14 @@ def silhouettes(prep: Prepared) -> Silhouettes:
 @dataclass
 class InitialMesh:
     """vertices (V, 3) float64 world space; faces (F, 3) int64; given_faces: the caller's
-    faces when the fit keeps them unchanged, else None; messages: what was done."""
+    faces when the fit keeps them unchanged, else None; messages: what was done;
+    aligned: a given mesh was moved onto the silhouettes."""
 
     vertices: np.ndarray
     faces: np.ndarray
     given_faces: np.ndarray | None
     messages: list[str]
+    aligned: bool = False
 
 
 def initial_mesh(prep: Prepared, vertices, faces, options: FitOptions) -> InitialMesh:
@@ -201,18 +206,34 @@ def initial_mesh(prep: Prepared, vertices, faces, options: FitOptions) -> Initia
     if faces is None:
         raise FitError("vertices were given without faces: give both, or neither")
     start = _given_mesh(vertices, faces)
-    if options.align_initial:
-        try:
-            lo, hi, warn = object_bounds(silhouettes(prep))
-        except ValueError as error:
+    try:
+        lo, hi, warn = object_bounds(silhouettes(prep))
+    except ValueError as error:
+        if options.align_initial:
             raise FitError(f"cannot align the initial mesh to the silhouettes: {error}") from None
-        vlo, vhi = start.vertices.min(axis=0), start.vertices.max(axis=0)
-        scale = np.linalg.norm(hi - lo) / max(np.linalg.norm(vhi - vlo), 1e-12)
-        start.vertices = (start.vertices - 0.5 * (vlo + vhi)) * scale + 0.5 * (lo + hi)
-        start.messages += warn
-        start.messages.append(f"initial mesh: moved and scaled by {scale:.3g} onto the "
-                              "silhouettes")
+        return start
+    vlo, vhi = start.vertices.min(axis=0), start.vertices.max(axis=0)
+    overlap = box_overlap(vlo, vhi, lo, hi)
+    if not options.align_initial and overlap >= AUTO_ALIGN_OVERLAP:
+        return start
+    scale = np.linalg.norm(hi - lo) / max(np.linalg.norm(vhi - vlo), 1e-12)
+    start.vertices = (start.vertices - 0.5 * (vlo + vhi)) * scale + 0.5 * (lo + hi)
+    start.aligned = True
+    start.messages += warn
+    why = ("" if options.align_initial else
+           f" automatically, as its bounding box overlapped the silhouettes' visual hull's "
+           f"by only {overlap:.0%} (Align First)")
+    start.messages.append(f"initial mesh: moved and scaled by {scale:.3g} onto the "
+                          f"silhouettes{why}")
     return start
+
+
+def box_overlap(lo_a: np.ndarray, hi_a: np.ndarray, lo_b: np.ndarray, hi_b: np.ndarray) -> float:
+    """Intersection over union of two axis-aligned boxes given by (3,) corners; a flat
+    box counts with its extent clamped to 1e-9 so the ratio stays defined."""
+    size_a, size_b = np.maximum(hi_a - lo_a, 1e-9), np.maximum(hi_b - lo_b, 1e-9)
+    inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0.0, None).prod()
+    return float(inter / (size_a.prod() + size_b.prod() - inter))
 
 
 def _mesh_from_silhouettes(prep: Prepared, options: FitOptions) -> InitialMesh:

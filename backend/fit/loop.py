@@ -1,5 +1,5 @@
 """The optimisation loop: each iteration asks the schedule for its settings, may change
-the mesh's topology, renders a few views, takes one Adam step on the weighted losses
+the mesh's topology, renders a few views, takes one optimiser step on the weighted losses
 and reports progress; it stops early when cancelled or when anything becomes NaN.
 """
 
@@ -16,6 +16,8 @@ import torch
 from ..core.options import FitOptions
 from ..render.renderer import RenderSettings, render, render_silhouette
 from . import losses
+from .adaptive import AdaptiveTopology
+from .camera_refine import CameraRefinement
 from .schedule import Schedule, Step, ViewSampler
 from .state import MeshState, Snapshot
 from .targets import Frame, TrainingTargets, ViewGroup, batches
@@ -99,10 +101,12 @@ class LoopResult:
 
 def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
              settings: RenderSettings, options: FitOptions, iou: dict[int, float],
-             reporter: ProgressReporter,
-             should_stop: Callable[[], bool] | None) -> LoopResult:
+             reporter: ProgressReporter, should_stop: Callable[[], bool] | None,
+             adaptive: AdaptiveTopology | None = None,
+             refinement: CameraRefinement | None = None) -> LoopResult:
     """Run ``options.iterations`` iterations on ``state``; ``iou`` (hard IoU by view index)
-    is updated with every view rendered."""
+    is updated with every view rendered; ``adaptive`` remeshes between iterations;
+    ``refinement`` corrects the training cameras alongside the mesh."""
     sampler = ViewSampler(targets.prep.train_idx, options.views_per_step, options.seed)
     history, messages = [], []
     last_good = state.snapshot()
@@ -113,7 +117,7 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
             status, reason = "cancelled", f"cancelled after {it} iterations"
             break
         step = schedule.at(it)
-        changed, skipped = _change_topology(state, step, options)
+        changed, skipped = _change_topology(state, step, options, adaptive)
         messages += skipped
         if changed:
             topology_changed = True
@@ -122,8 +126,10 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
         state.set_lr_factor(step.lr_factor)
         terms, total, step_iou = _iteration(state, targets.at(step.level), sampler.next(),
                                             dataclasses.replace(settings, sigma=step.sigma),
-                                            options)
-        bad = _non_finite(terms, state.params())
+                                            options, refinement)
+        if refinement is not None:
+            refinement.step(step.lr_factor, step.camera_ramp)
+        bad = _non_finite(terms, state.params() + (refinement.params() if refinement else []))
         if bad:
             status, reason = "diverged", _divergence_message(it, bad)
             break
@@ -139,9 +145,13 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
                       time.perf_counter() - t_loop)
 
 
-def _change_topology(state: MeshState, step: Step, options: FitOptions) -> tuple[bool, list[str]]:
-    """The one place the mesh's topology changes, between iterations (now: the scheduled
-    subdivisions). Returns (whether it changed, messages about changes skipped)."""
+def _change_topology(state: MeshState, step: Step, options: FitOptions,
+                     adaptive: AdaptiveTopology | None) -> tuple[bool, list[str]]:
+    """The one place the mesh's topology changes, between iterations: adaptive remeshing
+    when due, and the scheduled subdivisions. Returns (whether it changed, messages about
+    changes skipped)."""
+    if adaptive is not None and adaptive.due(step):
+        return adaptive.remesh(state, step), []
     if not step.subdivide:
         return False, []
     if 4 * len(state.faces_np) > options.max_faces:
@@ -153,24 +163,32 @@ def _change_topology(state: MeshState, step: Step, options: FitOptions) -> tuple
 
 
 def _iteration(state: MeshState, groups: list[ViewGroup], chosen: list[int],
-               settings: RenderSettings, options: FitOptions):
-    """One Adam step on the chosen views (view indices). Returns (the loss terms, their
+               settings: RenderSettings, options: FitOptions,
+               refinement: CameraRefinement | None = None):
+    """One Adam step on the chosen views (view indices); the camera corrections'
+    gradients are left for ``refinement.step``. Returns (the loss terms, their
     weighted total, the hard IoU of each view rendered by view index)."""
-    state.optimizer.zero_grad(set_to_none=True)
+    state.zero_grad()
+    if refinement is not None:
+        refinement.zero_grad()
     terms, step_iou = image_losses(state.vertices(), state.faces, state.colors(),
-                                   batches(groups, chosen), settings)
+                                   batches(groups, chosen), settings, refinement)
     terms.update(geometry_losses(state))
+    if refinement is not None:
+        terms["camera"] = refinement.regulariser()
     weights = {"silhouette": options.silhouette_weight, "color": options.color_weight,
                "laplacian": options.laplacian_weight, "flatten": options.flatten_weight,
-               "edge": options.edge_weight, "normal": options.normal_weight}
+               "edge": options.edge_weight, "normal": options.normal_weight,
+               "camera": options.camera_weight}
     total = sum(weights[k] * v for k, v in terms.items())
     total.backward()
-    state.optimizer.step()
+    state.step()
     return terms, total, step_iou
 
 
 def image_losses(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tensor | None,
-                 view_batches: list[tuple[ViewGroup, list[int]]], settings: RenderSettings):
+                 view_batches: list[tuple[ViewGroup, list[int]]], settings: RenderSettings,
+                 refinement: CameraRefinement | None = None):
     """Silhouette (and colour) loss over batches of views of one image size each.
 
     vertices: (V, 3) normalised frame; faces: (F, 3) int64; colors: (V, 3) or None.
@@ -180,6 +198,8 @@ def image_losses(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tens
     sil_terms, color_terms, weights, ious = [], [], [], {}
     for group, rows in view_batches:
         cams = group.cameras.select(rows)
+        if refinement is not None:
+            cams = refinement.apply(cams, [group.indices[r] for r in rows])
         target_rows = torch.as_tensor(rows, device=vertices.device)
         target = group.alpha[target_rows]
         if colors is not None:
@@ -205,7 +225,7 @@ def geometry_losses(state: MeshState) -> dict[str, torch.Tensor]:
     """The regularisers of the current shape (normalised frame, before the transform)."""
     shape = state.shape()
     return {
-        "laplacian": losses.laplacian_loss(state.offsets, state.laplacian),
+        "laplacian": state.laplacian_loss(),
         "flatten": losses.flatten_loss(shape, state.adjacency),
         "edge": losses.edge_length_loss(shape, state.edges, state.edge_target),
         "normal": losses.normal_consistency_loss(shape, state.faces, state.adjacency),

@@ -27,7 +27,9 @@ class Step:
     level: index into `Schedule.levels`; resolution: that level's image scale (0, 1];
     sigma: edge softness in squared pixels of the rendered image; lr_factor: the
     learning rates' multiplier (1 at the start); subdivide: split every face in four
-    before this iteration.
+    before this iteration; camera_ramp: the camera corrections' learning-rate ramp (0
+    through the coarse levels, rising linearly to 1 over ``refine_ramp`` of the
+    iterations; `backend.fit.camera_refine`).
     """
 
     iteration: int
@@ -36,6 +38,7 @@ class Step:
     sigma: float
     lr_factor: float
     subdivide: bool
+    camera_ramp: float = 0.0
 
 
 class Schedule:
@@ -54,7 +57,7 @@ class Schedule:
         level = _level_at(iteration, options, len(self.levels))
         decay = options.lr_final ** (iteration / max(options.iterations - 1, 1))
         return Step(iteration, level, self.levels[level], _sigma_at(iteration, options), decay,
-                    iteration in self.subdivide_at)
+                    iteration in self.subdivide_at, _camera_ramp_at(iteration, options))
 
 
 def resolution_levels(options: FitOptions, smallest_side: int) -> list[float]:
@@ -77,6 +80,13 @@ def _level_at(iteration: int, options: FitOptions, n_levels: int) -> int:
     if iteration >= coarse_iters:
         return n_levels - 1
     return min(int(iteration / coarse_iters * (n_levels - 1)), n_levels - 2)
+
+
+def _camera_ramp_at(iteration: int, options: FitOptions) -> float:
+    """0 until the coarse levels end, then rising linearly to 1 over ``refine_ramp``."""
+    start = options.coarse_fraction * options.iterations
+    span = max(options.refine_ramp * options.iterations, 1.0)
+    return float(np.clip((iteration - start + 1) / span, 0.0, 1.0))
 
 
 def _sigma_at(iteration: int, options: FitOptions) -> float:

@@ -100,6 +100,7 @@ def _run_stage(stage: str, kwargs: dict, on_progress: Progress,
     child = context.Process(target=stages.run_stage, args=(stage, kwargs, messages),
                             name=f"sfm-{stage}", daemon=True)
     child.start()
+    finished = False  # the child sent its result and is exiting by itself
     try:
         while True:
             if should_cancel():
@@ -117,13 +118,15 @@ def _run_stage(stage: str, kwargs: dict, on_progress: Progress,
                                    "message") from None
             if kind == "progress":
                 on_progress(stage, *values)
-            elif kind == "error":
+                continue
+            finished = True
+            if kind == "error":
                 raise SfmError(f"the {stage} stage failed: {values[0]}")
-            else:
-                on_progress(stage, 1.0, "done")
-                return values[0]
+            on_progress(stage, 1.0, "done")
+            return values[0]
     finally:
-        child.join(timeout=1.0)  # a finished child exits by itself
+        if finished:
+            child.join(timeout=5.0)
         if child.is_alive():
             child.kill()  # SIGKILL: COLMAP's SIGTERM handler would print a stack trace
         child.join()

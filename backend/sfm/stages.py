@@ -157,8 +157,8 @@ def _reason(features: int, best_inliers: int, partners: int, other_model: int | 
                 f"geometric matches, {MIN_INLIERS} needed): take photos closer together, "
                 "about 10 to 20 degrees apart")
     if other_model is not None:
-        return (f"it belongs to a separate group of {other_model} photos that shares too "
-                "little with the main group: add photos between the two groups")
+        return (f"it was placed only in a separate model ({other_model} photos) that could "
+                "not be joined to the main one: add photos between the two groups")
     return (f"it matched {partners} photos but its pose could not be estimated reliably; "
             "photos closer together or with more texture help")
 

@@ -1,0 +1,343 @@
+"""Camera refinement during the fit: small per-view pose corrections (and optionally one
+shared focal-length scale) optimised jointly with the mesh through the same renderer.
+
+Each training view i gets a rigid correction of the world (the fit's normalised frame)
+before its camera: ``world_to_camera'_i = world_to_camera_i @ D_i`` with
+
+    D_i x = R(w_i) (x - C_i) + C_i + t_i,
+
+a rotation by the axis-angle ``w_i`` (radians) about the camera's centre ``C_i`` and a
+shift ``t_i``; the corrected camera looks along a direction turned by |w_i| from its
+centre moved to ``C_i - R(w_i)^T t_i`` (so |t_i| is how far it moved). A shared focal
+scale multiplies fx and fy by exp(f).
+
+The gauge. Moving every camera and the mesh by one similarity (rotation, translation,
+scale about the frame's origin) changes no image, so those 7 directions of the
+corrections are not determined by the images: left free, the corrections and the mesh's
+global transform drift along them together and the mesh leaves the place the given
+cameras put it. We remove them: the corrections the renderer sees are the raw parameters
+projected onto the complement of the 7 linearised similarity modes (exact to first
+order; the corrections are small), so the cameras keep their given mean pose and scale
+and the mesh stays where the images put it. Freezing the mesh's global transform instead
+would not do: a mesh fitted from a rough start needs it. The dilation mode is a gauge
+only for perspective cameras and is left in for orthographic ones.
+
+The corrections have their own Adam optimiser (they survive the mesh's topology
+changes, which rebuild the mesh's), a learning rate ramped in from zero after the
+coarse levels (`backend.fit.schedule.Step.camera_ramp`) and a quadratic regulariser
+toward zero. After the fit, `CameraRefinement.report` lists each view's correction and
+flags one past ``refine_max_degrees`` or ``refine_max_shift``: the add-on does not
+apply a flagged correction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..core.camera import CameraMatrices
+from ..core.options import FitError, FitOptions
+from ..render.renderer import Cameras, project_points
+from .inputs import Prepared
+from .targets import Frame, ViewGroup
+
+# A similarity of the world (3 rotation, 3 translation, 1 scale modes) leaves every
+# image unchanged when applied to the cameras and the mesh together.
+MIN_REFINED_VIEWS = 3
+
+
+@dataclass
+class ViewCorrection:
+    """One view's refined-camera correction, in the scene's (world) units.
+
+    rotation_deg: how far the camera turned; shift: how far its centre moved (scene
+    units) and shift_fraction: that over its distance to the object's centre;
+    reprojection_px: mean image displacement of the fitted mesh's vertices at full
+    resolution; world_correction: (4, 4) rigid matrix M with
+    ``matrix_world' = M @ matrix_world`` (Blender camera); focal_scale: the shared
+    multiplier of the focal length (1 when not refined); flagged: the correction ran
+    past the limits (reason says which) and should not be used.
+    """
+
+    name: str
+    rotation_deg: float
+    shift: float
+    shift_fraction: float
+    reprojection_px: float
+    world_correction: np.ndarray
+    focal_scale: float
+    flagged: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "rotation_deg": self.rotation_deg, "shift": self.shift,
+                "shift_fraction": self.shift_fraction, "reprojection_px": self.reprojection_px,
+                "world_correction": self.world_correction.tolist(),
+                "focal_scale": self.focal_scale, "flagged": self.flagged, "reason": self.reason}
+
+
+def skew(w: torch.Tensor) -> torch.Tensor:
+    """(N, 3) -> (N, 3, 3) cross-product matrices, [w]x v = w x v."""
+    zero = torch.zeros_like(w[:, 0])
+    return torch.stack([
+        torch.stack([zero, -w[:, 2], w[:, 1]], dim=1),
+        torch.stack([w[:, 2], zero, -w[:, 0]], dim=1),
+        torch.stack([-w[:, 1], w[:, 0], zero], dim=1),
+    ], dim=1)
+
+
+def correction_matrices(rotation: torch.Tensor, shift: torch.Tensor,
+                        centers: torch.Tensor) -> torch.Tensor:
+    """The corrections D (N, 4, 4): x -> R(w) (x - C) + C + t, differentiable.
+
+    rotation: (N, 3) axis-angle w (radians); shift: (N, 3) t; centers: (N, 3) C; all
+    one float dtype, normalised frame.
+    """
+    rot = torch.linalg.matrix_exp(skew(rotation))
+    trans = centers - torch.einsum("nij,nj->ni", rot, centers) + shift
+    out = torch.zeros(len(rotation), 4, 4, dtype=rotation.dtype, device=rotation.device)
+    out[:, :3, :3] = rot
+    out[:, :3, 3] = trans
+    out[:, 3, 3] = 1.0
+    return out
+
+
+def corrected_cameras(cameras: Cameras, corrections: torch.Tensor,
+                      log_focal: torch.Tensor) -> Cameras:
+    """``cameras`` (B of them) seen through corrections (B, 4, 4) and a shared focal scale
+    exp(log_focal) (a (1,) tensor) on fx, fy and the skew; differentiable in both."""
+    dtype = corrections.dtype
+    scale = torch.exp(log_focal).reshape(())
+    one = torch.ones((), dtype=dtype, device=corrections.device)
+    row = torch.stack([scale, scale, one])
+    factor = torch.stack([row, row, torch.ones_like(row)])  # (3, 3): K[:2, :2] scaled
+    return Cameras(cameras.intrinsics.to(dtype) * factor,
+                   cameras.world_to_camera.to(dtype) @ corrections,
+                   cameras.orthographic, cameras.width, cameras.height, list(cameras.names))
+
+
+def gauge_basis(centers: np.ndarray, distances: np.ndarray, perspective: bool) -> np.ndarray:
+    """Orthonormal basis (6N, 7 or 6) of the similarity modes in the raw parameters.
+
+    Raw parameters per view: [w (3), t / d (3)], d the view's distance to the frame's
+    origin. To first order a world motion x -> x + a x x + b + s x is, per view,
+    w = a, t = a x C + b + s C. centers: (N, 3) float64; distances: (N,).
+    """
+    n = len(centers)
+    modes = []
+    for k in range(3):
+        axis = np.eye(3)[k]
+        mode = np.zeros((n, 6))
+        mode[:, :3] = axis
+        mode[:, 3:] = np.cross(axis, centers) / distances[:, None]
+        modes.append(mode)
+        mode = np.zeros((n, 6))
+        mode[:, 3:] = axis / distances[:, None]
+        modes.append(mode)
+    if perspective:
+        mode = np.zeros((n, 6))
+        mode[:, 3:] = centers / distances[:, None]
+        modes.append(mode)
+    q, _ = np.linalg.qr(np.stack([m.reshape(-1) for m in modes], axis=1))
+    return q
+
+
+class CameraRefinement:
+    """The corrections of the training views' cameras and their optimiser."""
+
+    def __init__(self, cameras: Sequence[CameraMatrices], views: Sequence[int],
+                 names: Sequence[str], options: FitOptions, device, dtype=torch.float32):
+        """cameras: the training views' full-resolution cameras in the normalised frame,
+        views: their view indices, names: their names (same order)."""
+        if len(cameras) < MIN_REFINED_VIEWS:
+            raise FitError(f"refine_cameras needs at least {MIN_REFINED_VIEWS} fitting views "
+                           f"with usable silhouettes, got {len(cameras)}: add views or turn "
+                           "camera refinement off")
+        self.options, self.names = options, list(names)
+        self.row = {int(i): r for r, i in enumerate(views)}
+        self.cameras = list(cameras)
+        pose = np.stack([c.world_to_camera for c in cameras])
+        # not R^T: the normalised frame's world_to_camera has a scaled rotation part
+        centers = -np.linalg.solve(pose[:, :3, :3], pose[:, :3, 3:])[..., 0]
+        distances = np.linalg.norm(centers, axis=1)
+        if np.any(distances < 1e-6):
+            raise FitError("a camera sits at the object's centre: its pose cannot be refined")
+        perspective = not any(c.orthographic for c in cameras)
+        as_tensor = lambda a: torch.tensor(a, dtype=dtype, device=device)  # noqa: E731
+        self.centers, self.distances = as_tensor(centers), as_tensor(distances)
+        self.gauge = as_tensor(gauge_basis(centers, distances, perspective))
+        self.raw = torch.zeros(len(cameras), 6, dtype=dtype, device=device, requires_grad=True)
+        self.log_focal = torch.zeros(1, dtype=dtype, device=device,
+                                     requires_grad=options.refine_focal)
+        params = [self.raw] + ([self.log_focal] if options.refine_focal else [])
+        self.optimizer = torch.optim.Adam(params, lr=0.0, betas=(0.5, 0.99))
+
+    def corrections(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rotation (N, 3) radians, shift (N, 3) normalised units), gauge removed."""
+        flat = self.raw.reshape(-1)
+        flat = flat - self.gauge @ (self.gauge.T @ flat)
+        raw = flat.reshape(-1, 6)
+        return raw[:, :3], raw[:, 3:] * self.distances[:, None]
+
+    def matrices(self) -> torch.Tensor:
+        """The corrections D (N, 4, 4) of every refined view, differentiable."""
+        rotation, shift = self.corrections()
+        return correction_matrices(rotation, shift, self.centers)
+
+    def apply(self, cameras: Cameras, views: Sequence[int]) -> Cameras:
+        """A batch's cameras (of views ``views``, view indices) corrected, differentiable."""
+        rows = torch.as_tensor([self.row[int(i)] for i in views], dtype=torch.long,
+                               device=self.raw.device)
+        return corrected_cameras(cameras, self.matrices()[rows], self.log_focal)
+
+    def regulariser(self) -> torch.Tensor:
+        """Mean over views of |w|^2 + |t / d|^2 (radians^2), plus the focal log-scale^2."""
+        rotation, shift = self.corrections()
+        per_view = (rotation ** 2).sum(1) + ((shift / self.distances[:, None]) ** 2).sum(1)
+        return per_view.mean() + self.log_focal.pow(2).sum()
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, lr_factor: float, ramp: float) -> None:
+        """One Adam step at ``camera_learning_rate * lr_factor * ramp`` (no step at 0)."""
+        lr = self.options.camera_learning_rate * lr_factor * ramp
+        if lr <= 0:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+
+    def params(self) -> list[torch.Tensor]:
+        return [self.raw, self.log_focal]
+
+    def corrected(self, group: ViewGroup) -> ViewGroup:
+        """``group`` with its refined views' cameras corrected (detached), for evaluation."""
+        rows = [r for r, i in enumerate(group.indices) if i in self.row]
+        if not rows:
+            return group
+        with torch.no_grad():
+            fixed = self.apply(group.cameras.select(rows), [group.indices[r] for r in rows])
+            intrinsics = group.cameras.intrinsics.clone()
+            pose = group.cameras.world_to_camera.clone()
+            intrinsics[rows] = fixed.intrinsics.to(intrinsics.dtype)
+            pose[rows] = fixed.world_to_camera.to(pose.dtype)
+        cams = group.cameras
+        return dataclasses.replace(group, cameras=Cameras(
+            intrinsics, pose, cams.orthographic, cams.width, cams.height, list(cams.names)))
+
+    def report(self, vertices: torch.Tensor, to_world: np.ndarray) -> list[ViewCorrection]:
+        """Each refined view's correction, in input order of the training views.
+
+        vertices: (V, 3) the fitted mesh, normalised frame; to_world: (4, 4) the frame's
+        normalised -> world matrix (`Frame.to_world_matrix`).
+        """
+        with torch.no_grad():
+            rotation, shift = self.corrections()
+            mats = self.matrices()
+            moved = reprojection_px(vertices, self.cameras, mats, self.log_focal)
+            focal = float(torch.exp(self.log_focal))
+        scale = float(np.cbrt(abs(np.linalg.det(to_world[:3, :3]))))
+        out = []
+        for r, name in enumerate(self.names):
+            degrees = float(np.degrees(rotation[r].norm().item()))
+            fraction = float(shift[r].norm() / self.distances[r])
+            out.append(ViewCorrection(
+                name, degrees, float(shift[r].norm()) * scale, fraction, float(moved[r]),
+                world_correction(mats[r].double().cpu().numpy(), to_world), focal,
+                *self._flag(degrees, fraction)))
+        return out
+
+    def _flag(self, degrees: float, fraction: float) -> tuple[bool, str]:
+        """(flagged, why) for one view's correction against the limits."""
+        options, reasons = self.options, []
+        if degrees > options.refine_max_degrees:
+            reasons.append(f"turned {degrees:.2f} degrees (limit {options.refine_max_degrees})")
+        if fraction > options.refine_max_shift:
+            reasons.append(f"moved {100 * fraction:.1f}% of its distance "
+                           f"(limit {100 * options.refine_max_shift:.1f}%)")
+        return bool(reasons), "; ".join(reasons)
+
+
+def refinement_for(prep: Prepared, frame: Frame, options: FitOptions,
+                   device) -> CameraRefinement | None:
+    """The training views' `CameraRefinement` when ``options.refine_cameras``, else None."""
+    if not options.refine_cameras:
+        return None
+    to_world = frame.to_world_matrix()
+    cameras = [dataclasses.replace(prep.views[i].camera,
+                                   world_to_camera=prep.views[i].camera.world_to_camera @ to_world)
+               for i in prep.train_idx]
+    return CameraRefinement(cameras, prep.train_idx, [prep.names[i] for i in prep.train_idx],
+                            options, device)
+
+
+def correction_messages(corrections: Sequence[ViewCorrection]) -> list[str]:
+    """What the result's message says about the refined cameras: the largest correction
+    and every flagged view."""
+    if not corrections:
+        return []
+    worst = max(corrections, key=lambda c: c.reprojection_px)
+    out = [f"refined {len(corrections)} cameras (largest: {worst.name}, "
+           f"{worst.rotation_deg:.2f} degrees, {worst.reprojection_px:.2f} px)"]
+    out += [f"the refined camera of {c.name} ran away ({c.reason}): its correction is "
+            "flagged and will not be applied; check that view's calibration"
+            for c in corrections if c.flagged]
+    return out
+
+
+def reprojection_px(vertices: torch.Tensor, cameras: Sequence[CameraMatrices],
+                    corrections: torch.Tensor, log_focal: torch.Tensor) -> np.ndarray:
+    """Mean pixel displacement (N,) of ``vertices`` (V, 3, normalised frame) between each
+    camera as given and corrected, at the cameras' own (full) resolution."""
+    out = []
+    for cam, correction in zip(cameras, corrections, strict=True):
+        given = Cameras.from_matrices([cam], dtype=vertices.dtype, device=vertices.device)
+        moved = corrected_cameras(given, correction[None].to(vertices.dtype), log_focal)
+        before = project_points(vertices, given)[0, :, :2]
+        after = project_points(vertices, moved)[0, :, :2]
+        out.append(float((after - before).norm(dim=1).mean()))
+    return np.asarray(out)
+
+
+def world_correction(correction: np.ndarray, to_world: np.ndarray) -> np.ndarray:
+    """The (4, 4) M with ``matrix_world' = M @ matrix_world`` for a Blender camera, from
+    a normalised-frame correction D (4, 4) and the frame's normalised -> world matrix.
+
+    world_to_camera' = world_to_camera @ G with G = F D F^-1 (world -> world), and
+    world_to_camera = diag(1, -1, -1, 1) @ matrix_world^-1, so M = G^-1.
+    """
+    world = to_world @ correction @ np.linalg.inv(to_world)
+    return np.linalg.inv(world)
+
+
+def apply_to_pose(camera: CameraMatrices, correction: ViewCorrection) -> CameraMatrices:
+    """``camera`` (world units) with a reported correction applied: the pose through
+    ``world_correction`` and fx, fy times ``focal_scale``."""
+    pose = camera.world_to_camera @ np.linalg.inv(correction.world_correction)
+    k = camera.intrinsics.copy()
+    k[:2, :2] *= correction.focal_scale
+    return CameraMatrices(k, pose, camera.width, camera.height, camera.orthographic)
+
+
+def perturbed_pose(camera: CameraMatrices, target: np.ndarray, degrees: float,
+                   fraction: float, rng: np.random.Generator) -> CameraMatrices:
+    """``camera`` turned by ``degrees`` about a random axis through its centre and its
+    centre moved by ``fraction`` of its distance to ``target`` (3,) in a random direction:
+    the calibration error the refinement is meant to undo (tests and benchmarks)."""
+    pose = camera.world_to_camera
+    center = -pose[:3, :3].T @ pose[:3, 3]
+    axis, direction = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 3)))
+    rotation = torch.linalg.matrix_exp(skew(torch.tensor(
+        np.radians(degrees) * axis[None], dtype=torch.float64)))[0].numpy()
+    new_center = center + fraction * np.linalg.norm(center - target) * direction
+    new_rotation = rotation @ pose[:3, :3]
+    out = np.eye(4)
+    out[:3, :3] = new_rotation
+    out[:3, 3] = -new_rotation @ new_center
+    return CameraMatrices(camera.intrinsics, out, camera.width, camera.height,
+                          camera.orthographic)

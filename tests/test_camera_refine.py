@@ -1,0 +1,235 @@
+"""Camera refinement during the fit (`backend.fit.camera_refine`): the correction math
+(gradients, gauge, world and Blender conversions, flags), the loop's ramp, a small fit,
+the add-on's apply, and end to end on Cycles targets with miscalibrated cameras."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import has_cuda
+from fit_scenes import box, cameras, views_of
+
+from backend.core import messages
+from backend.core.camera import blender_camera, look_at, world_to_camera
+from backend.fit.camera_refine import (
+    CameraRefinement,
+    apply_to_pose,
+    correction_matrices,
+    correction_messages,
+    gauge_basis,
+    perturbed_pose,
+    world_correction,
+)
+from backend.fit.fitting import FitError, FitOptions, fit
+from backend.fit.schedule import Schedule
+from backend.render.renderer import Cameras, project_points
+
+REFINE = FitOptions(refine_cameras=True, refine_focal=True)
+
+
+def ring(count=6, distance=4.0, size=(40, 30)):
+    """Normalised-frame cameras on a ring around the origin, plus their view indices."""
+    cams = cameras(size, elevations=(20.0,), azimuths=count, distance=distance)
+    return cams, list(range(10, 10 + count))
+
+
+def refinement(cams, views, options=REFINE, dtype=torch.float64) -> CameraRefinement:
+    return CameraRefinement(cams, views, [f"cam {i}" for i in views], options, "cpu", dtype)
+
+
+def raw_vector(rotation, shift_over_distance) -> torch.Tensor:
+    """Raw parameters (N, 6) from per-view w (N, 3) and t / d (N, 3)."""
+    return torch.tensor(np.concatenate([rotation, shift_over_distance], axis=1))
+
+
+def test_zero_corrections_leave_the_cameras_unchanged():
+    cams, views = ring()
+    ref = refinement(cams, views)
+    batch = Cameras.from_matrices(cams[1:4], dtype=torch.float64)
+    out = ref.apply(batch, views[1:4])
+    torch.testing.assert_close(out.world_to_camera, batch.world_to_camera)
+    torch.testing.assert_close(out.intrinsics, batch.intrinsics)
+
+
+def test_projection_gradients_match_finite_differences():
+    """float64 gradcheck of projected points w.r.t. the raw corrections and the focal
+    scale, through the gauge projection, the rotation exponential and the projection."""
+    cams, views = ring()
+    ref = refinement(cams, views)
+    batch = Cameras.from_matrices(cams, dtype=torch.float64)
+    points = torch.tensor(np.random.default_rng(0).uniform(-0.8, 0.8, (7, 3)))
+
+    def projected(raw, log_focal):
+        ref.raw, ref.log_focal = raw, log_focal
+        return project_points(points, ref.apply(batch, views))[..., :2]
+
+    raw = (0.02 * torch.randn(len(cams), 6, dtype=torch.float64)).requires_grad_(True)
+    log_focal = torch.tensor([0.01], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(projected, (raw, log_focal), eps=1e-6, atol=1e-5)
+
+
+def _similarity_raw(cams, rotation, translation, dilation) -> np.ndarray:
+    """Raw parameters of a world similarity x -> x + a x x + b + s x per camera."""
+    pose = np.stack([c.world_to_camera for c in cams])
+    centers = -np.einsum("nji,nj->ni", pose[:, :3, :3], pose[:, :3, 3])
+    d = np.linalg.norm(centers, axis=1)[:, None]
+    shift = np.cross(rotation, centers) + translation + dilation * centers
+    return np.concatenate([np.tile(rotation, (len(cams), 1)), shift / d], axis=1)
+
+
+def test_a_common_similarity_of_all_cameras_is_removed():
+    """The gauge: raw parameters that move every camera by one similarity give no
+    correction, and other parameters keep their non-gauge part."""
+    cams, views = ring()
+    ref = refinement(cams, views)
+    gauge = _similarity_raw(cams, np.array([0.01, -0.02, 0.015]), np.array([0.03, 0.0, -0.01]),
+                            0.02)
+    ref.raw = torch.tensor(gauge)
+    rotation, shift = ref.corrections()
+    assert rotation.abs().max() < 1e-12 and shift.abs().max() < 1e-12
+    other = np.random.default_rng(1).normal(0, 0.01, (len(cams), 6))
+    ref.raw = torch.tensor(other + gauge)
+    with_gauge = torch.cat(ref.corrections(), dim=1)
+    ref.raw = torch.tensor(other)
+    torch.testing.assert_close(with_gauge, torch.cat(ref.corrections(), dim=1))
+
+
+def test_the_gauge_modes_are_image_preserving_motions_to_first_order():
+    """A world rotation, translation and scaling applied to every camera equals, to first
+    order, the per-view corrections the gauge basis names (so projecting them out is
+    what fixes the gauge)."""
+    cams, _ = ring()
+    rotation, translation, dilation = np.array([0.0, 0.0, 1.0]), np.array([0.5, 0, 0]), 0.3
+    eps = 1e-5
+    raw = eps * _similarity_raw(cams, rotation, translation, dilation)
+    pose = np.stack([c.world_to_camera for c in cams])
+    centers = -np.einsum("nji,nj->ni", pose[:, :3, :3], pose[:, :3, 3])
+    d = np.linalg.norm(centers, axis=1)[:, None]
+    mats = correction_matrices(torch.tensor(raw[:, :3]), torch.tensor(raw[:, 3:] * d),
+                               torch.tensor(centers)).numpy()
+    a = eps * rotation
+    world = np.eye(4)
+    world[:3, :3] += np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    world[:3, :3] += eps * dilation * np.eye(3)
+    world[:3, 3] = eps * translation
+    for cam, mat in zip(cams, mats, strict=True):
+        # perspective images only see the pose up to scale: compare normalised rows
+        moved, expected = cam.world_to_camera @ mat, cam.world_to_camera @ world
+        np.testing.assert_allclose(moved[:3] / np.linalg.norm(moved[2, :3]),
+                                   expected[:3] / np.linalg.norm(expected[2, :3]), atol=1e-9)
+    basis = gauge_basis(centers, d[:, 0], perspective=True)
+    assert basis.shape == (6 * len(cams), 7)
+    residual = raw.reshape(-1) - basis @ (basis.T @ raw.reshape(-1))
+    assert np.abs(residual).max() < 1e-15
+
+
+def test_world_correction_moves_the_blender_camera_like_the_normalised_one():
+    """M @ matrix_world gives the world pose of the corrected normalised camera, and
+    `apply_to_pose` agrees; the reported shift is the camera centre's move."""
+    matrix_world = look_at((3.0, -4.0, 2.0), (0.2, 0.1, 0.3))
+    cam = blender_camera(matrix_world=matrix_world, resolution_x=64, resolution_y=48)
+    to_world = np.eye(4)
+    to_world[:3, :3] *= 2.5
+    to_world[:3, 3] = (0.2, 0.1, 0.3)
+    normalised = dataclasses.replace(cam, world_to_camera=cam.world_to_camera @ to_world)
+    center = -np.linalg.solve(normalised.world_to_camera[:3, :3],
+                              normalised.world_to_camera[:3, 3])
+    w = torch.tensor([[0.01, 0.02, -0.015]], dtype=torch.float64)
+    t = torch.tensor([[0.03, -0.02, 0.01]], dtype=torch.float64)
+    d = correction_matrices(w, t, torch.tensor(center[None]))[0].numpy()
+    expected = normalised.world_to_camera @ d @ np.linalg.inv(to_world)
+    m = world_correction(d, to_world)
+    np.testing.assert_allclose(world_to_camera(m @ matrix_world), expected, atol=1e-12)
+    moved_center = -expected[:3, :3].T @ expected[:3, 3]
+    old_center = np.asarray(matrix_world)[:3, 3]
+    assert np.linalg.norm(moved_center - old_center) == pytest.approx(
+        2.5 * float(t.norm()), rel=1e-9)
+    report = type("C", (), {"world_correction": m, "focal_scale": 1.1})()
+    moved = apply_to_pose(cam, report)
+    np.testing.assert_allclose(moved.world_to_camera, expected, atol=1e-12)
+    assert moved.intrinsics[0, 0] == pytest.approx(1.1 * cam.intrinsics[0, 0])
+    assert moved.intrinsics[0, 2] == cam.intrinsics[0, 2]
+
+
+def test_perturbed_pose_turns_and_moves_by_the_amounts_asked():
+    cam = cameras((32, 32), elevations=(10.0,), azimuths=1, distance=5.0)[0]
+    out = perturbed_pose(cam, np.zeros(3), 1.5, 0.02, np.random.default_rng(3))
+    r0, r1 = cam.world_to_camera[:3, :3], out.world_to_camera[:3, :3]
+    angle = np.degrees(np.arccos((np.trace(r0.T @ r1) - 1) / 2))
+    c0 = -r0.T @ cam.world_to_camera[:3, 3]
+    c1 = -r1.T @ out.world_to_camera[:3, 3]
+    assert angle == pytest.approx(1.5, rel=1e-6)
+    assert np.linalg.norm(c1 - c0) == pytest.approx(0.1, rel=1e-9)
+
+
+def test_a_runaway_correction_is_flagged_and_named():
+    cams, views = ring()
+    ref = refinement(cams, views, FitOptions(refine_cameras=True, refine_max_degrees=2.0))
+    raw = np.zeros((len(cams), 6))
+    raw[2, :3] = np.radians([0.0, 0.0, 6.0])
+    raw[4, :3] = np.radians([0.0, 0.0, -6.0])
+    ref.raw = torch.tensor(raw)
+    report = ref.report(torch.zeros(4, 3, dtype=torch.float64) + 0.1, np.eye(4))
+    flagged = [c.name for c in report if c.flagged]
+    assert flagged == ["cam 12", "cam 14"]
+    assert "limit 2.0" in report[2].reason
+    assert report[2].reprojection_px > 1.0 and report[0].reprojection_px < 1e-9
+    text = " ".join(correction_messages(report))
+    assert "cam 12" in text and "will not be applied" in text
+
+
+def test_refinement_needs_three_views_and_valid_options():
+    cams, views = ring(count=2)
+    with pytest.raises(FitError, match="at least 3"):
+        refinement(cams, views)
+    with pytest.raises(FitError, match="refine_max_degrees"):
+        FitOptions(refine_max_degrees=0.0)
+
+
+def test_camera_ramp_starts_after_the_coarse_levels():
+    schedule = Schedule(FitOptions(iterations=100, coarse_fraction=0.5, refine_ramp=0.1), 128)
+    ramps = [schedule.at(i).camera_ramp for i in range(100)]
+    assert max(ramps[:50]) == 0.0 and schedule.at(49).level < len(schedule.levels) - 1
+    assert 0 < ramps[50] < ramps[55] < 1 and ramps[59] == 1.0 and ramps[-1] == 1.0
+
+
+@pytest.fixture(scope="module")
+def box_views():
+    v, f = box((0.7, 0.5, 0.4))
+    return views_of(v, f, cameras((48, 48)), held_out=(2, 9))
+
+
+def test_a_refined_fit_reports_every_training_view_and_the_done_message_carries_it(
+        box_views):
+    options = FitOptions(iterations=30, views_per_step=4, refine_cameras=True,
+                         coarse_fraction=0.3, device="cpu")
+    result = fit(box_views, None, None, options)
+    names = [v.name for v in box_views if not v.held_out]
+    assert result.status == "done", result.message
+    assert [c.name for c in result.camera_corrections] == names
+    assert all(np.isfinite(c.reprojection_px) and not c.flagged for c in result.camera_corrections)
+    assert any(c.rotation_deg > 0 for c in result.camera_corrections)
+    assert "refined 10 cameras" in result.message
+    assert result.loss_history[-1]["camera"] >= 0
+    done = json.loads(json.dumps(messages.done(1, result), default=lambda a: a.tolist()))
+    assert [c["name"] for c in done["camera_corrections"]] == names
+    assert np.asarray(done["camera_corrections"][0]["world_correction"]).shape == (4, 4)
+    plain = fit(box_views, None, None, dataclasses.replace(options, refine_cameras=False))
+    assert plain.camera_corrections == [] and "camera" not in plain.loss_history[-1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda(), reason="needs an NVIDIA GPU with CuPy")
+def test_refinement_runs_on_the_gpu_like_on_the_cpu(box_views):
+    options = FitOptions(iterations=30, views_per_step=4, refine_cameras=True,
+                         coarse_fraction=0.3)
+    cpu = fit(box_views, None, None, dataclasses.replace(options, device="cpu"))
+    gpu = fit(box_views, None, None, dataclasses.replace(options, device="cuda"))
+    assert gpu.device == "cuda" and len(gpu.camera_corrections) == 10
+    for a, b in zip(cpu.camera_corrections, gpu.camera_corrections, strict=True):
+        assert abs(a.rotation_deg - b.rotation_deg) < 0.05
+        assert abs(a.reprojection_px - b.reprojection_px) < 0.2
