@@ -20,11 +20,13 @@ def _modules():
         preferences,
         preview,
         properties,
+        solve_operators,
     )
 
-    # camera_operators after panels: its panel is a child of the fit panel.
+    # camera_operators and solve_operators after panels: their panels are children of the
+    # fit panel.
     return (properties, preferences, operators, camera_refine_ops, preview, panels,
-            camera_operators)
+            camera_operators, solve_operators)
 
 
 def register():

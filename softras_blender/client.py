@@ -232,6 +232,15 @@ class BackendClient:
         answer is a "masks" event ({"names", "masks", "silhouettes"}) or an error."""
         return self._send_job(lambda fit_id: messages.segment(fit_id, views, silhouettes))
 
+    def solve_cameras(self, images, output: str, ordering: str = "auto", up="auto",
+                      known_distance: float | None = None) -> int:
+        """Ask for the cameras of a folder (or list) of photos; returns the request's id (a
+        fit id). Its events: "solve_progress" ({"stage", "fraction", "message"}), then
+        "cameras" ({"status": "solved" | "cancelled", "model": the COLMAP model folder
+        written to ``output``, "registered", "unregistered", ...}) or an error."""
+        return self._send_job(lambda fit_id: messages.solve_cameras(
+            fit_id, images, output, ordering, up, known_distance))
+
     def _send_job(self, build) -> int:
         """Send ``build(fit_id)``, a request the backend answers with one last message."""
         self._require_running()
@@ -360,12 +369,12 @@ class BackendClient:
             if message["fit_id"] is not None:
                 self._end_fit()
             return message
-        if kind in ("done", "masks"):
+        if kind in ("done", "masks", "cameras"):
             if message["fit_id"] != self.fit_id:
                 return None
             self._end_fit()
             return message
-        if kind == "stage":
+        if kind in ("stage", "solve_progress"):
             return message if message["fit_id"] == self.fit_id else None
         log.warning("ignored an unexpected %r message from the backend", kind)
         return None

@@ -59,7 +59,7 @@ def options_from_settings(settings: dict, device: str) -> dict:
     """FitOptions fields for the panel's settings.
 
     settings: {"iterations", "sharpness", "fit_colors", "smoothness", "start", "align_mesh",
-    "refine_cameras"}
+    "keep_topology", "refine_cameras"}
     as on ``scene.softras`` ("start" is its mesh_source; the resolution is applied to
     the images before sending, see `fit_size`); device: one of `DEVICES` in any case
     ("AUTO", "cpu", ...). Raises ValueError for values the backend would refuse.
@@ -90,6 +90,8 @@ def options_from_settings(settings: dict, device: str) -> dict:
         options["init"] = START_SHAPES[start]
     elif settings.get("align_mesh"):
         options["align_initial"] = True
+    if start not in START_SHAPES and settings.get("keep_topology"):
+        options["topology"] = "keep"  # a shape key on the user's mesh, not a new object
     if settings.get("refine_cameras"):
         options["refine_cameras"] = True
     defaults = backend_defaults()

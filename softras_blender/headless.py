@@ -18,6 +18,9 @@ Middlebury *_par.txt; --images DIR is then where its images are; without --scene
 starts from an empty scene) and --turntable N (with --turntable-step, -start,
 -elevations, -distance, -lens, -centre, -axis, -clockwise; images from --images in
 sorted order) add cameras first; --iterations 0 with --output only adds them and saves.
+--solve-cameras --images DIR (photos without cameras; --solve-ordering, --solve-up,
+--known-distance) solves their cameras by structure from motion (pycolmap, in the
+backend) and adds them the same way.
 
 The input .blend is never written: --output must name another file. Bad input exits
 with status 2 and a one-line reason on stderr, a failed fit with status 1.
@@ -60,6 +63,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--align", action="store_true",
                         help="with --object: move and scale the mesh onto the silhouettes "
                         "before fitting")
+    parser.add_argument("--keep-topology", action="store_true",
+                        help="with --object: fit the mesh's vertices as a shape key instead "
+                        "of adapting its triangles in a new object '<name> SoftRas Fit'")
     parser.add_argument("--cameras", help="a collection name, or comma-separated camera names "
                         "(default: every camera with a reference image)")
     parser.add_argument("--images", type=Path, help="folder with one image per camera, named "
@@ -84,6 +90,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--report", type=Path, help="write per-view IoU, loss history, timing "
                         "and device to this JSON file")
     add_capture_args(parser)
+    add_solve_args(parser)
     return parser.parse_args(argv)
 
 
@@ -115,6 +122,46 @@ def add_capture_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turntable-clockwise", action="store_true")
 
 
+def add_solve_args(parser: argparse.ArgumentParser) -> None:
+    """Options for photos without cameras: solve them (structure from motion)."""
+    parser.add_argument("--solve-cameras", action="store_true", help="solve the cameras of "
+                        "the photos in --images (structure from motion) and add them")
+    parser.add_argument("--solve-ordering", choices=("auto", "exhaustive", "sequential"),
+                        default="auto", help="match every pair of photos, or each with the "
+                        "next few in file order (default auto: every pair up to 60 photos)")
+    parser.add_argument("--solve-up", choices=("auto", "ring", "camera"), default="auto",
+                        help="up (+Z) from the camera ring's axis or the photos' own up")
+    parser.add_argument("--known-distance", type=float, default=0.0,
+                        help="the cameras' typical distance from the subject (sets the scale; "
+                        "default: the subject about 1 unit in radius)")
+
+
+def solve_cameras(args, scene):
+    """--solve-cameras: the new collection of solved cameras (the add-on's Solve Cameras
+    operator, run to the end). Any failure raises BadInput; the scene is then unchanged."""
+    import bpy
+
+    if args.images is None:
+        raise BadInput("--solve-cameras needs --images DIR, the folder of photos")
+    if args.import_path is not None or args.turntable is not None:
+        raise BadInput("--solve-cameras finds the cameras itself: leave out --import and "
+                       "--turntable")
+    if args.known_distance < 0:
+        raise BadInput(f"--known-distance {args.known_distance}: give a positive distance "
+                       "(0: unit size)")
+    settings = scene.softras
+    settings.solve_folder = str(args.images.resolve())
+    settings.solve_ordering = args.solve_ordering.upper()
+    settings.solve_up = args.solve_up.upper()
+    settings.solve_distance = args.known_distance
+    try:
+        bpy.ops.softras.solve_cameras(backend_command=args.backend_python,
+                                      threads=-1 if args.threads is None else args.threads)
+    except RuntimeError as exc:  # the operator reported why; nothing was added
+        raise BadInput(str(exc).strip().removeprefix("Error:").strip()) from exc
+    return settings.camera_collection
+
+
 def script_args(argv: list[str]) -> list[str]:
     """The arguments after ``--`` (Blender's own come before it)."""
     return argv[argv.index("--") + 1:] if "--" in argv else argv[1:]
@@ -138,7 +185,8 @@ def open_scene(args) -> Path | None:
     the empty scene that --import or --turntable start from without --scene."""
     import bpy
 
-    if args.scene is None and (args.import_path is not None or args.turntable is not None):
+    if args.scene is None and (args.import_path is not None or args.turntable is not None
+                               or args.solve_cameras):
         bpy.ops.wm.read_factory_settings(use_empty=True)
         return None
     if args.scene is not None:
@@ -163,6 +211,7 @@ def configure(args, scene) -> None:
         settings.mesh_source = "SPHERE" if args.start == "sphere" else "HULL"
     else:
         settings.align_mesh = args.align
+        settings.keep_topology = args.keep_topology
         obj = scene.objects.get(args.object)
         if obj is None:
             raise BadInput(f"--object {args.object}: the scene has no object of that name")
@@ -189,7 +238,8 @@ def configure(args, scene) -> None:
     if args.images is not None:
         if not args.images.is_dir():
             raise BadInput(f"--images {args.images}: no such folder")
-        if args.import_path is None and args.turntable is None:  # else the cameras' images
+        if args.import_path is None and args.turntable is None and not args.solve_cameras:
+            # else the images belong to the added cameras
             settings.image_source = "FOLDER"
             settings.image_folder = str(args.images.resolve())
     configure_silhouettes(args, settings)
@@ -230,11 +280,13 @@ def _cameras_name_masks(args) -> bool:
 
 
 def add_cameras(args, scene):
-    """--import and --turntable: the new camera collection, or None when neither is given.
-    Bad input raises BadInput and leaves the scene as it was."""
+    """--import, --turntable and --solve-cameras: the new camera collection, or None when
+    none is given. Bad input raises BadInput and leaves the scene as it was."""
     from softras_blender import camera_import
     from softras_blender.backend.core.camera_files import CameraFileError
 
+    if args.solve_cameras:
+        return solve_cameras(args, scene)
     try:
         if args.import_path is not None:
             images = str(args.images.resolve()) if args.images else None
@@ -310,7 +362,7 @@ def run(argv: list[str]) -> int:
     check_outputs(args, scene_path)
     if args.iterations is not None and args.iterations < 0:
         raise BadInput(f"--iterations {args.iterations}: give a positive count (0 with "
-                       "--import or --turntable: only add the cameras)")
+                       "--import, --turntable or --solve-cameras: only add the cameras)")
     runtime = ensure_addon()
     scene = bpy.context.scene
     configure(args, scene)
@@ -363,7 +415,8 @@ def save_cameras_only(args, collection) -> int:
     import bpy
 
     if collection is None:
-        raise BadInput("--iterations 0 only adds cameras: give --import or --turntable")
+        raise BadInput("--iterations 0 only adds cameras: give --import, --turntable or "
+                       "--solve-cameras")
     if args.output is None:
         raise BadInput("--iterations 0 only adds cameras: give --output OUT.blend to save them")
     bpy.ops.wm.save_as_mainfile(filepath=str(args.output.resolve()), copy=True)

@@ -38,6 +38,7 @@ class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
                 col.label(text=obj.name, icon="MESH_DATA")
         if settings.mesh_source in {"OBJECT", "ACTIVE"}:
             col.prop(settings, "align_mesh")
+            col.prop(settings, "keep_topology")
         col.separator()
         col.prop(settings, "camera_source")
         if settings.camera_source == "COLLECTION":

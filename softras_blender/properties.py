@@ -45,6 +45,11 @@ class SoftRasSettings(PropertyGroup):
         name="Align First", default=False,
         description="Move and scale the mesh onto the silhouettes before fitting (for a "
                     "mesh that sits away from the object in the images)")
+    keep_topology: BoolProperty(
+        name="Keep Topology", default=False,
+        description="Fit the mesh's own vertices as a shape key (no triangles added or "
+                    "removed); off: adapt the triangles to the images in a new object "
+                    "\"<name> SoftRas Fit\", the mesh left untouched")
     target_object: PointerProperty(name="Object", type=bpy.types.Object, poll=_is_mesh,
                                    description="The mesh object to fit")
     camera_source: EnumProperty(
@@ -126,6 +131,37 @@ class SoftRasSettings(PropertyGroup):
     held_out_every: IntProperty(
         name="Hold Out Every", default=0, min=0, soft_max=10,
         description="Hold out every n-th camera: never fitted, only measured (0: none)")
+    # "Solve Cameras" (solve_operators.py): cameras for photos that have none.
+    solve_folder: StringProperty(
+        name="Photos", subtype="DIR_PATH",
+        description="Folder of photos (.jpg, .png) of a still subject from all around, "
+                    "without cameras; at least 3, best 10 or more taken 10 to 20 degrees apart")
+    solve_ordering: EnumProperty(
+        name="Matching",
+        items=(
+            ("AUTO", "Automatic", "Every pair of photos up to 60 photos, else in file order"),
+            ("EXHAUSTIVE", "Every Pair", "Match every pair of photos (any order; slow for "
+             "many photos)"),
+            ("SEQUENTIAL", "File Order", "Match each photo with the next few in file-name "
+             "order (a turntable or a walk around the subject)"),
+        ),
+        default="AUTO",
+    )
+    solve_up: EnumProperty(
+        name="Up",
+        description="Which way is up in the solved scene (it becomes +Z)",
+        items=(
+            ("AUTO", "Automatic", "The camera ring's axis when the cameras circle the "
+             "subject, else the photos' own up"),
+            ("RING", "Camera Ring", "The axis of the ring of cameras around the subject"),
+            ("CAMERA", "Photos' Up", "The photos' own up direction (photos taken upright)"),
+        ),
+        default="AUTO",
+    )
+    solve_distance: FloatProperty(
+        name="Camera Distance", default=0.0, min=0.0, subtype="DISTANCE",
+        description="The cameras' typical distance from the subject, if known: sets the "
+                    "scene's scale (0: the subject about 1 unit in radius)")
 
 
 classes = (SoftRasSettings,)

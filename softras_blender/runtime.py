@@ -142,6 +142,8 @@ class State:
     backend_report: list[str] = field(default_factory=list)  # what Check Backend found
     preview: object | None = None  # the running `preview.PreviewJob`
     preview_status: list[str] = field(default_factory=list)  # what the last preview found
+    solve: object | None = None  # the running `solve_operators.SolveSession`
+    solve_status: list[str] = field(default_factory=list)  # what the last camera solve did
 
 
 state = State()

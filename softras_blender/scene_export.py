@@ -65,6 +65,7 @@ def settings_dict(settings) -> dict:
         "smoothness": settings.smoothness,
         "start": settings.mesh_source,
         "align_mesh": settings.align_mesh,
+        "keep_topology": settings.keep_topology,
         "refine_cameras": settings.refine_cameras,
     }
 

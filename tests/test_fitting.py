@@ -15,7 +15,10 @@ from backend.fit.state import MeshState
 from backend.fit.targets import ViewGroup, batches
 from backend.render.renderer import Cameras
 
-SMALL = {"views_per_step": 4, "stream_every": 5, "init_faces": 300, "subdivide_at": ()}
+# Fixed topology: these tests check the given mesh's behaviour (shape key, subdivision);
+# tests/test_adaptive_fit.py covers topology="adapt".
+SMALL = {"views_per_step": 4, "stream_every": 5, "init_faces": 300, "subdivide_at": (),
+         "topology": "keep"}
 
 
 def options(**kw) -> FitOptions:
@@ -80,9 +83,10 @@ def test_fit_moves_and_scales_onto_an_offset_target():
 
 def test_align_initial_puts_a_far_mesh_onto_the_silhouettes(box_views):
     v0, f0 = sphere(3.0, (20.0, 5.0, -4.0), level=2)
+    # A mesh that misses the silhouettes is aligned even when not asked (issue 9).
     far = fit(box_views, v0, f0, options(iterations=0))
-    assert far.mean_fit_iou == 0.0
-    assert "align_initial" in far.message
+    assert far.mean_fit_iou > 0.5
+    assert "automatically (Align First)" in far.message
     aligned = fit(box_views, v0, f0, options(iterations=0, align_initial=True))
     assert aligned.mean_fit_iou > 0.5
     assert "moved and scaled" in aligned.message
@@ -265,7 +269,8 @@ def test_nan_during_optimisation_returns_the_last_good_state(box_views, monkeypa
         return value * float("nan") if len(calls) > 3 else value
 
     monkeypatch.setattr(losses, "laplacian_loss", flaky)
-    result = fit(box_views, options=options(iterations=20))
+    # Offsets held by the Laplacian term (with large steps the term is not computed).
+    result = fit(box_views, options=options(iterations=20, large_steps=False))
     assert result.status == "diverged" and result.iterations == 3
     assert "laplacian" in result.message and "NaN" in result.message
     assert np.isfinite(result.vertices).all() and result.mean_fit_iou > 0.5
@@ -356,16 +361,16 @@ def test_the_state_can_change_topology_between_steps():
     v, f = sphere(0.6, level=1)
     state = MeshState(torch.tensor(v, dtype=torch.float32), f, options(), None)
     for _ in range(2):
-        state.optimizer.zero_grad()
+        state.zero_grad()
         (state.vertices() ** 2).sum().backward()
-        state.optimizer.step()
+        state.step()
     translation = state.translation.detach().clone()
     state.subdivide()
     assert state.vertices().shape == (len(v) + len(f) * 3 // 2, 3)
     assert len(state.faces) == 4 * len(f) and state.edges.shape[1] == 2
     assert torch.equal(state.translation.detach(), translation)
     (state.vertices() ** 2).sum().backward()
-    state.optimizer.step()
+    state.step()
     assert torch.isfinite(state.vertices()).all()
     assert state.snapshot().faces.shape == (4 * len(f), 3)
 

@@ -149,17 +149,18 @@ def test_learned_without_a_model_and_bad_settings_are_errors(dark_views):
 # -- messages ------------------------------------------------------------------------------
 
 
-def test_segment_and_start_fit_carry_masks_and_silhouettes_over_the_wire(dark_views):
+def test_segment_and_start_fit_carry_masks_and_silhouettes_over_the_wire(dark_views,
+                                                                         tmp_path):
     masks = [s.alpha for s in dark_views]
     views = as_views(dark_views, masks=masks)
     settings = messages.silhouettes_settings("masks", keep_flagged=True)
-    r, w = os.pipe()
-    with os.fdopen(w, "wb") as out:
+    wire = tmp_path / "frames"
+    with wire.open("wb") as out:
         for message in (messages.segment(3, views, settings),
                         messages.start_fit(4, None, None, views, {}, settings)):
             for chunk in frame_chunks(message):
                 out.write(chunk)
-    with os.fdopen(r, "rb") as stream:
+    with wire.open("rb") as stream:
         segment = messages.parse_segment(read_frame(stream))
         start = messages.parse_start_fit(read_frame(stream))
     assert segment.fit_id == 3 and segment.silhouettes == settings

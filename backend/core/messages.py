@@ -31,9 +31,13 @@ MESSAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "heartbeat": ("busy", "fit_id", "uptime"),
     "stage": ("fit_id", "stage", "done", "total"),
     "masks": ("fit_id", "names", "masks", "silhouettes"),
+    "solve_progress": ("fit_id", "stage", "fraction", "message"),
+    "cameras": ("fit_id", "status", "message", "model", "registered", "unregistered",
+                "stage_seconds", "frame"),
     # client -> backend
     "start_fit": ("fit_id", "vertices", "faces", "views", "options"),
     "segment": ("fit_id", "views", "silhouettes"),
+    "solve_cameras": ("fit_id", "images", "output", "ordering", "up", "known_distance"),
     "cancel": ("fit_id",),
     "shutdown": (),
 }
@@ -85,6 +89,25 @@ class Segment:
     silhouettes: dict
 
 
+@dataclass
+class SolveCameras:
+    """A parsed solve_cameras request (`backend.sfm.solve_cameras` arguments).
+
+    images: a folder of photos, or a list of photo files. output: the folder the backend
+    writes the solved COLMAP text model into. ordering: "auto", "exhaustive" or
+    "sequential". up: "auto", "ring", "camera", or the up direction (3,) float64 in the
+    solved frame. known_distance: the cameras' median distance to the subject in scene
+    units, or None (the subject at about unit radius).
+    """
+
+    fit_id: int
+    images: str | list[str]
+    output: str
+    ordering: str
+    up: str | np.ndarray
+    known_distance: float | None
+
+
 # -- client -> backend ---------------------------------------------------------------------
 
 
@@ -106,6 +129,18 @@ def segment(fit_id: int, views: list[View], silhouettes: dict) -> dict:
     """Ask for the views' silhouettes only (answered by a masks message, or an error)."""
     return {"type": "segment", "fit_id": fit_id, "views": [_view(v) for v in views],
             "silhouettes": dict(silhouettes)}
+
+
+def solve_cameras(fit_id: int, images, output: str, ordering: str = "auto", up="auto",
+                  known_distance: float | None = None) -> dict:
+    """Ask for the cameras of a folder (or list) of photos; answered by solve_progress
+    messages, then a cameras message (or an error). See `SolveCameras` for the fields."""
+    if not isinstance(up, str):
+        up = [float(v) for v in up]
+    return {"type": "solve_cameras", "fit_id": fit_id,
+            "images": images if isinstance(images, str) else [str(p) for p in images],
+            "output": str(output), "ordering": ordering, "up": up,
+            "known_distance": None if known_distance is None else float(known_distance)}
 
 
 def silhouettes_settings(mode: str = "auto", model: str | None = None, check: bool = True,
@@ -162,6 +197,31 @@ def parse_segment(message: dict) -> Segment:
     except (KeyError, TypeError) as exc:
         raise ValueError(f"malformed segment request: {exc!r}") from exc
     return Segment(message["fit_id"], views, silhouettes)
+
+
+def parse_solve_cameras(message: dict) -> SolveCameras:
+    """A solve_cameras message as plain data; ValueError saying what is wrong with it (the
+    values themselves, e.g. an unknown ordering, are checked by `backend.sfm`)."""
+    images, output, up = message["images"], message["output"], message["up"]
+    distance = message["known_distance"]
+    if not (isinstance(images, str) or (isinstance(images, list)
+                                        and all(isinstance(p, str) for p in images))):
+        raise ValueError("malformed solve_cameras request: images must be a folder or a list "
+                         "of file paths")
+    if not isinstance(output, str) or not output:
+        raise ValueError("malformed solve_cameras request: output must name a folder")
+    if not isinstance(message["ordering"], str):
+        raise ValueError("malformed solve_cameras request: ordering must be a string")
+    if not isinstance(up, str):
+        if not (isinstance(up, list) and len(up) == 3
+                and all(isinstance(v, (int, float)) for v in up)):
+            raise ValueError("malformed solve_cameras request: up must be a string or 3 numbers")
+        up = np.asarray(up, dtype=np.float64)
+    if distance is not None and not isinstance(distance, (int, float)):
+        raise ValueError("malformed solve_cameras request: known_distance must be a number "
+                         "or null")
+    return SolveCameras(message["fit_id"], images, output, message["ordering"], up,
+                        None if distance is None else float(distance))
 
 
 def _parse_view(index: int, view) -> View:
@@ -270,6 +330,35 @@ def masks(fit_id: int, names: list[str], mask_arrays: list[np.ndarray],
     return {"type": "masks", "fit_id": fit_id, "names": list(names),
             "masks": [np.asarray(m, dtype=np.float32) for m in mask_arrays],
             "silhouettes": dict(silhouettes)}
+
+
+def solve_progress(fit_id: int, stage_name: str, fraction: float, text: str) -> dict:
+    """How far a camera solve is: stage_name one of "features", "matching", "mapping";
+    fraction of that stage in [0, 1]; text for the user."""
+    return {"type": "solve_progress", "fit_id": fit_id, "stage": stage_name,
+            "fraction": float(fraction), "message": str(text)}
+
+
+def cameras_solved(fit_id: int, result, model: str) -> dict:
+    """The answer to solve_cameras: a `backend.sfm.SolveResult` whose COLMAP text model was
+    written to the folder ``model`` (image names relative to ``result.image_dir``)."""
+    registered = [{"image": c.image, "name": c.name, "observations": int(c.observations)}
+                  for c in result.cameras]
+    return {"type": "cameras", "fit_id": fit_id, "status": "solved",
+            "message": f"{len(registered)} of {len(registered) + len(result.unregistered)} "
+                       "photos registered",
+            "model": str(model), "image_dir": str(result.image_dir), "registered": registered,
+            "unregistered": [{"image": u.image, "reason": u.reason} for u in result.unregistered],
+            "stage_seconds": {k: float(v) for k, v in result.stage_seconds.items()},
+            "frame": {k: v if isinstance(v, str) else float(v) for k, v in result.frame.items()}}
+
+
+def cameras_cancelled(fit_id: int, cancelled) -> dict:
+    """The answer to a cancelled solve_cameras (a `backend.sfm.SolveCancelled`): no model."""
+    return {"type": "cameras", "fit_id": fit_id, "status": "cancelled", "message": str(cancelled),
+            "model": None, "registered": [], "unregistered": [],
+            "stage_seconds": {k: float(v) for k, v in cancelled.stage_seconds.items()},
+            "frame": None}
 
 
 def error(fit_id: int | None, text: str, kind: str, fatal: bool) -> dict:

@@ -102,7 +102,7 @@ class FitOptions:
     large_steps_lr: float = 0.2
     refine_cameras: bool = False
     refine_focal: bool = False
-    camera_learning_rate: float = 0.002
+    camera_learning_rate: float = 0.005
     camera_weight: float = 0.1
     refine_ramp: float = 0.1
     refine_max_degrees: float = 5.0

@@ -32,7 +32,7 @@ from .visual_hull import visual_hull
 REMESH_UNTIL = 0.8  # fraction of the iterations after which the topology stays fixed
 RELAXATION = 0.5  # tangential relaxation weight after each remesh
 MIN_BUDGET = 500  # faces: the automatic budget never goes below this
-SURFACE_PER_SILHOUETTE = 12.0  # 4x: a convex body's area over its mean projection (Cauchy); 3x for detail
+SURFACE_PER_SILHOUETTE = 12.0  # a convex body's area is 4x its mean projection (Cauchy); 3x more
 COARSE_EDGE_FACTOR = 4.0  # kept edges this many times edge_pixels are "too coarse"
 GENUS_HULL_FACES = 2000  # the hull carved to count the silhouettes' through-holes
 

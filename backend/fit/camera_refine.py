@@ -45,8 +45,8 @@ from ..render.renderer import Cameras, project_points
 from .inputs import Prepared
 from .targets import Frame, ViewGroup
 
-# A similarity of the world (3 rotation, 3 translation, 1 scale modes) leaves every
-# image unchanged when applied to the cameras and the mesh together.
+# Each view has 6 correction parameters and 7 of all of them are the gauge (a
+# similarity): with fewer views almost nothing would be left to refine.
 MIN_REFINED_VIEWS = 3
 
 
@@ -174,7 +174,7 @@ class CameraRefinement:
         self.log_focal = torch.zeros(1, dtype=dtype, device=device,
                                      requires_grad=options.refine_focal)
         params = [self.raw] + ([self.log_focal] if options.refine_focal else [])
-        self.optimizer = torch.optim.Adam(params, lr=0.0, betas=(0.5, 0.99))
+        self.optimizer = torch.optim.Adam(params, lr=0.0, betas=(0.9, 0.99))
 
     def corrections(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(rotation (N, 3) radians, shift (N, 3) normalised units), gauge removed."""
@@ -324,20 +324,33 @@ def apply_to_pose(camera: CameraMatrices, correction: ViewCorrection) -> CameraM
     return CameraMatrices(k, pose, camera.width, camera.height, camera.orthographic)
 
 
-def perturbed_pose(camera: CameraMatrices, target: np.ndarray, degrees: float,
-                   fraction: float, rng: np.random.Generator) -> CameraMatrices:
-    """``camera`` turned by ``degrees`` about a random axis through its centre and its
-    centre moved by ``fraction`` of its distance to ``target`` (3,) in a random direction:
-    the calibration error the refinement is meant to undo (tests and benchmarks)."""
-    pose = camera.world_to_camera
-    center = -pose[:3, :3].T @ pose[:3, 3]
-    axis, direction = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 3)))
-    rotation = torch.linalg.matrix_exp(skew(torch.tensor(
-        np.radians(degrees) * axis[None], dtype=torch.float64)))[0].numpy()
-    new_center = center + fraction * np.linalg.norm(center - target) * direction
-    new_rotation = rotation @ pose[:3, :3]
-    out = np.eye(4)
-    out[:3, :3] = new_rotation
-    out[:3, 3] = -new_rotation @ new_center
-    return CameraMatrices(camera.intrinsics, out, camera.width, camera.height,
-                          camera.orthographic)
+def miscalibrated(cameras: Sequence[CameraMatrices], target: np.ndarray, degrees: float,
+                  fraction: float, rng: np.random.Generator) -> list[CameraMatrices]:
+    """The cameras each turned by ``degrees`` about its centre and its centre moved by
+    ``fraction`` of its distance to ``target`` (3,), in random directions with no common
+    similarity part: the calibration error the refinement can undo (tests, benchmarks).
+
+    A common similarity of all cameras cannot be told from the images (see the module
+    docstring), so it is removed: directions are drawn at random, projected off the
+    gauge modes and rescaled to the asked sizes, alternately until both hold.
+    """
+    pose = np.stack([c.world_to_camera for c in cameras])
+    centers = -np.einsum("nji,nj->ni", pose[:, :3, :3], pose[:, :3, 3]) - target
+    distances = np.linalg.norm(centers, axis=1)
+    basis = gauge_basis(centers, distances, not any(c.orthographic for c in cameras))
+    raw = rng.normal(size=(len(cameras), 6))
+    sizes = np.array([np.radians(degrees), fraction])
+    for _ in range(50):
+        raw = raw.reshape(-1, 2, 3)
+        raw = raw / np.linalg.norm(raw, axis=2, keepdims=True) * sizes[None, :, None]
+        raw = raw.reshape(-1)
+        raw = (raw - basis @ (basis.T @ raw)).reshape(-1, 6)
+    raw = raw.reshape(-1, 2, 3)
+    raw = (raw / np.linalg.norm(raw, axis=2, keepdims=True) * sizes[None, :, None])
+    mats = correction_matrices(torch.tensor(raw[:, 0]),
+                               torch.tensor(raw[:, 1] * distances[:, None]),
+                               torch.tensor(centers)).numpy()
+    shift = np.eye(4)
+    shift[:3, 3] = -target
+    return [dataclasses.replace(c, world_to_camera=c.world_to_camera @ np.linalg.inv(shift)
+                                @ m @ shift) for c, m in zip(cameras, mats, strict=True)]

@@ -27,8 +27,9 @@ from .visual_hull import (
     visual_hull,
 )
 
-# A given mesh whose bounding box overlaps the visual hull's by less than this (IoU) is
-# moved and scaled onto the silhouettes even without align_initial: it misses most of them.
+# A given mesh whose bounding box covers less than this fraction of the visual hull's
+# misses most of the silhouettes: it is moved and scaled onto them even without
+# align_initial.
 AUTO_ALIGN_OVERLAP = 0.5
 # Views whose silhouette covers fewer pixels than this count as empty.
 MIN_SILHOUETTE_PIXELS = 1
@@ -213,7 +214,7 @@ def initial_mesh(prep: Prepared, vertices, faces, options: FitOptions) -> Initia
             raise FitError(f"cannot align the initial mesh to the silhouettes: {error}") from None
         return start
     vlo, vhi = start.vertices.min(axis=0), start.vertices.max(axis=0)
-    overlap = box_overlap(vlo, vhi, lo, hi)
+    overlap = box_coverage(vlo, vhi, lo, hi)
     if not options.align_initial and overlap >= AUTO_ALIGN_OVERLAP:
         return start
     scale = np.linalg.norm(hi - lo) / max(np.linalg.norm(vhi - vlo), 1e-12)
@@ -221,19 +222,18 @@ def initial_mesh(prep: Prepared, vertices, faces, options: FitOptions) -> Initia
     start.aligned = True
     start.messages += warn
     why = ("" if options.align_initial else
-           f" automatically, as its bounding box overlapped the silhouettes' visual hull's "
-           f"by only {overlap:.0%} (Align First)")
+           f" automatically (Align First), as its bounding box covered only {overlap:.0%} of "
+           "the silhouettes' visual hull's")
     start.messages.append(f"initial mesh: moved and scaled by {scale:.3g} onto the "
                           f"silhouettes{why}")
     return start
 
 
-def box_overlap(lo_a: np.ndarray, hi_a: np.ndarray, lo_b: np.ndarray, hi_b: np.ndarray) -> float:
-    """Intersection over union of two axis-aligned boxes given by (3,) corners; a flat
-    box counts with its extent clamped to 1e-9 so the ratio stays defined."""
-    size_a, size_b = np.maximum(hi_a - lo_a, 1e-9), np.maximum(hi_b - lo_b, 1e-9)
-    inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 0.0, None).prod()
-    return float(inter / (size_a.prod() + size_b.prod() - inter))
+def box_coverage(lo_a: np.ndarray, hi_a: np.ndarray, lo_b: np.ndarray, hi_b: np.ndarray) -> float:
+    """The fraction of box b's volume inside box a; boxes given by (3,) min and max
+    corners (a flat extent counts as 1e-9 so the ratio stays defined)."""
+    inter = np.clip(np.minimum(hi_a, hi_b) - np.maximum(lo_a, lo_b), 1e-9, None).prod()
+    return float(inter / np.maximum(hi_b - lo_b, 1e-9).prod())
 
 
 def _mesh_from_silhouettes(prep: Prepared, options: FitOptions) -> InitialMesh:

@@ -5,8 +5,9 @@ the frames are those of `backend.core.protocol` and docs/protocol.md lists the m
 
 Threads:
 - the main thread reads frames (start_fit, cancel, shutdown) and never blocks on a fit;
-- a worker thread runs one `backend.fit.fitting.fit` at a time; cancel sets the event its
-  ``should_stop`` polls, so the same process can start another fit afterwards;
+- a worker thread runs one job at a time (a `backend.fit.fitting.fit`, a segment request or
+  a `backend.sfm.solve_cameras`); cancel sets the event its ``should_stop`` (a solve's
+  ``should_cancel``) polls, so the same process can start another job afterwards;
 - a writer thread sends what the `Outbox` holds: control messages (hello, done, error)
   in order, plus one-slot mailboxes for the newest progress and the newest vertices.
   A slow reader therefore never builds a backlog: a newer mailbox entry replaces an
@@ -221,6 +222,8 @@ class Service:
                 self._start_fit(message)
             elif kind == "segment":
                 self._start_segment(message)
+            elif kind == "solve_cameras":
+                self._start_solve(message)
             elif kind == "cancel":
                 self._cancel(message["fit_id"])
             elif kind == "shutdown":
@@ -296,6 +299,19 @@ class Service:
         log.info("segment %s: %d views, mode %s", fit_id, len(request.views), silhouettes.mode)
         self._launch(fit_id, self._segment_outcome, (request.views, silhouettes))
 
+    def _start_solve(self, message: dict) -> None:
+        fit_id = message["fit_id"]
+        if not self._idle(fit_id):
+            return
+        try:
+            request = messages.parse_solve_cameras(message)
+        except ValueError as exc:
+            self.outbox.send(messages.error(fit_id, str(exc), kind="fit", fatal=False))
+            return
+        log.info("solve %s: cameras of %s, %s matching", fit_id, request.images,
+                 request.ordering)
+        self._launch(fit_id, self._solve_outcome, (request,))
+
     # -- worker thread -----------------------------------------------------------------
 
     def _run_job(self, job, args: tuple, finished: threading.Event) -> None:
@@ -326,6 +342,38 @@ class Service:
             return messages.error(fit_id, f"Finding the silhouettes failed: "
                                   f"{type(exc).__name__}: {exc}", kind="internal", fatal=False)
         return messages.masks(fit_id, outcome.names, outcome.masks, outcome.report())
+
+    def _solve_outcome(self, fit_id, request, stop) -> dict:
+        """Run a solve_cameras request (`backend.sfm.solve_cameras`, in child processes a
+        cancel stops); writes the COLMAP model to ``request.output``. Its cameras or error
+        message."""
+        sfm = import_module("backend.sfm")
+
+        def on_progress(stage: str, fraction: float, text: str) -> None:
+            self.outbox.post_progress(messages.solve_progress(fit_id, stage, fraction, text))
+
+        try:
+            result = sfm.solve_cameras(request.images, ordering=request.ordering, up=request.up,
+                                       known_distance=request.known_distance,
+                                       on_progress=on_progress, should_cancel=stop.is_set)
+            model = sfm.write_colmap_model(result, request.output)
+        except sfm.SolveCancelled as exc:
+            log.info("solve %s: %s", fit_id, exc)
+            return messages.cameras_cancelled(fit_id, exc)
+        except sfm.PycolmapMissing as exc:
+            return messages.error(fit_id, str(exc), kind="missing_dependency", fatal=False)
+        except (ValueError, OSError) as exc:  # SfmError is a ValueError
+            log.info("solve %s rejected: %s", fit_id, exc)
+            return messages.error(fit_id, f"Solving the cameras failed: {exc}", kind="fit",
+                                  fatal=False)
+        except Exception as exc:
+            log.exception("solve %s failed", fit_id)
+            return messages.error(fit_id, f"Solving the cameras failed: {type(exc).__name__}: "
+                                  f"{exc} (the backend log has the details)", kind="internal",
+                                  fatal=False)
+        log.info("solve %s: %d cameras, %d photos left out", fit_id, len(result.cameras),
+                 len(result.unregistered))
+        return messages.cameras_solved(fit_id, result, str(model))
 
     def _fit_outcome(self, fit_id, request, options, silhouettes, stop) -> dict:
         """Run one fit (after the silhouettes stage when the request asks for one); its

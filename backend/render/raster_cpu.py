@@ -118,6 +118,7 @@ def _face_boxes(face_screen, face_valid, width, height, settings) -> np.ndarray:
 
 
 def _float64(tensor: torch.Tensor) -> np.ndarray:
+    """A contiguous float64 numpy copy (or view) of a CPU tensor, detached."""
     return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=np.float64)
 
 

@@ -12,6 +12,7 @@ from .alignment import PoseErrors, Similarity, pose_errors, umeyama
 from .normalise import normalise_scene
 from .result import (
     STAGES,
+    PycolmapMissing,
     SfmError,
     SolveCancelled,
     SolvedCamera,
@@ -22,7 +23,7 @@ from .result import (
 from .solve import list_photos, pycolmap_install_command, solve_cameras
 
 __all__ = [
-    "STAGES", "PoseErrors", "SfmError", "Similarity", "SolveCancelled", "SolveResult",
-    "SolvedCamera", "UnregisteredImage", "list_photos", "normalise_scene", "pose_errors",
-    "pycolmap_install_command", "solve_cameras", "umeyama", "write_colmap_model",
+    "STAGES", "PoseErrors", "PycolmapMissing", "SfmError", "Similarity", "SolveCancelled",
+    "SolveResult", "SolvedCamera", "UnregisteredImage", "list_photos", "normalise_scene",
+    "pose_errors", "pycolmap_install_command", "solve_cameras", "umeyama", "write_colmap_model",
 ]

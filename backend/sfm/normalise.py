@@ -4,7 +4,8 @@ numpy only. Structure from motion fixes the scene only up to a similarity; this 
 one from the cameras themselves:
 - origin: the point nearest to every camera's optical axis (where the photos look);
 - up: the normal of the plane that best fits the camera centres (a ring around the
-  subject), signed by the photos' own up direction; or that up direction itself;
+  subject), signed by the photos' own up direction (by the cameras looking down when
+  the photos were taken sideways); or that up direction itself;
   or a gravity vector the caller names;
 - azimuth: the first photo's camera on the -Y side, looking along +Y (Blender's
   front view);
@@ -23,6 +24,7 @@ from .result import SfmError, SolveResult
 UP_CHOICES = ("auto", "ring", "camera")
 MAX_PLANE_FLATNESS = 0.5  # ring plane: its normal's spread / the smaller in-plane spread
 MIN_SUBJECT_POINTS = 20
+MIN_UP_AGREEMENT = 0.3  # |cos| of the photos' up and the ring normal that signs the normal
 SUBJECT_PERCENTILE = 90.0
 
 
@@ -45,7 +47,7 @@ def normalise_scene(result: SolveResult, *, up="auto",
     forward = poses[:, 2, :3]  # each camera's +z (viewing direction) in the world
     image_up = -poses[:, 1, :3]  # each camera's -y (up in the image) in the world
     origin, origin_source = _subject_centre(centres, forward, result.points)
-    up_vector, up_source = _up_direction(up, centres, image_up)
+    up_vector, up_source = _up_direction(up, centres, image_up, forward)
     rotation = _rotation_to_z_up(up_vector, centres[0] - origin, forward[0])
     scale, scale_source = _scale(result, centres, origin, known_distance)
     similarity = Similarity(scale, rotation, -scale * rotation @ origin)
@@ -78,8 +80,12 @@ def _ring_normal(centres) -> np.ndarray | None:
     return vt[2]
 
 
-def _up_direction(up, centres, image_up) -> tuple[np.ndarray, str]:
-    """The world's up (3,) unit vector in the solved frame, and where it came from."""
+def _up_direction(up, centres, image_up, forward) -> tuple[np.ndarray, str]:
+    """The world's up (3,) unit vector in the solved frame, and where it came from.
+
+    The ring's normal is signed by the photos' mean up; when the photos were taken
+    sideways (that up lies nearly in the ring's plane) by the cameras looking down on
+    the subject, as most captures do."""
     mean_up = image_up.mean(axis=0)
     if not isinstance(up, str):
         vector = np.asarray(up, dtype=np.float64).reshape(-1)
@@ -90,7 +96,12 @@ def _up_direction(up, centres, image_up) -> tuple[np.ndarray, str]:
         raise ValueError(f"up must be one of {UP_CHOICES} or a non-zero 3-vector, got {up!r}")
     normal = _ring_normal(centres) if up in ("auto", "ring") else None
     if normal is not None:
-        return (normal if normal @ mean_up >= 0 else -normal), "the camera ring's plane normal"
+        agreement = normal @ mean_up / max(np.linalg.norm(mean_up), 1e-12)
+        if abs(agreement) >= MIN_UP_AGREEMENT:
+            return (normal if agreement > 0 else -normal), "the camera ring's plane normal"
+        looking_down = forward.mean(axis=0) @ normal <= 0
+        return (normal if looking_down else -normal), "the camera ring's plane normal, " \
+            "the cameras looking down (the photos are sideways)"
     if up == "ring":
         raise SfmError("the cameras do not lie near one plane (a ring around the subject), so "
                        "the ring gives no up direction: use up='camera' (the photos' own up) "

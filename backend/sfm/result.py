@@ -23,6 +23,10 @@ class SfmError(ValueError):
     """Photos that cannot be solved, or a missing dependency; the message says what to do."""
 
 
+class PycolmapMissing(SfmError):
+    """The Python running the solve lacks pycolmap; the message gives the pip command."""
+
+
 class SolveCancelled(Exception):
     """The caller's ``should_cancel`` asked the solve to stop.
 

@@ -26,7 +26,14 @@ import numpy as np
 from ..core.camera import CameraMatrices
 from ..core.requirements import backend_requirements, requirement_for
 from .normalise import normalise_scene
-from .result import SfmError, SolveCancelled, SolvedCamera, SolveResult, UnregisteredImage
+from .result import (
+    PycolmapMissing,
+    SfmError,
+    SolveCancelled,
+    SolvedCamera,
+    SolveResult,
+    UnregisteredImage,
+)
 
 # Photo files solved for (their sizes are read from the headers, as for camera import).
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -83,8 +90,8 @@ def _natural_key(name: str) -> list:
 
 def _check_pycolmap() -> None:
     if importlib.util.find_spec("pycolmap") is None:
-        raise SfmError("solving cameras needs pycolmap, which this Python lacks; install it "
-                       f"with: {pycolmap_install_command()}")
+        raise PycolmapMissing("solving cameras needs pycolmap, which this Python lacks; install "
+                              f"it with: {pycolmap_install_command()}")
 
 
 def _run_stage(stage: str, kwargs: dict, on_progress: Progress,

@@ -1,0 +1,173 @@
+"""Adaptive topology in the fit (issue 9): remeshing toward pixel-sized edges with the
+optimiser's moments carried, the large-steps parameterisation, and the messages about a
+start's genus and coarseness. Small CPU scenes (`fit_scenes`); the Cycles end-to-end fits
+from Blender's default cube are in tests/test_fit_any_start.py."""
+
+import numpy as np
+import pytest
+import torch
+from fit_scenes import box, cameras, sphere, views_of
+
+from backend.fit import adaptive
+from backend.fit.fitting import FitError, FitOptions, fit
+from backend.fit.inputs import box_coverage, prepare_views
+from backend.fit.mesh_ops import check_mesh
+from backend.fit.quality import quality_stats
+from backend.fit.schedule import Schedule
+from backend.fit.state import MeshState
+from backend.fit.targets import Frame
+
+SMALL = {"views_per_step": 4, "stream_every": 5, "init_faces": 300}
+
+
+@pytest.fixture(scope="module")
+def box_views():
+    v, f = box((0.7, 0.5, 0.4))
+    return views_of(v, f, cameras((48, 48)), held_out=(2, 9))
+
+
+def cube():
+    """Blender's default cube as 12 triangles, side 2, at the origin."""
+    return box((1.0, 1.0, 1.0))
+
+
+def test_a_fit_from_a_12_triangle_cube_remeshes_and_reaches_the_target(box_views):
+    v0, f0 = cube()
+    events = []
+    result = fit(box_views, v0, f0, FitOptions(iterations=60, **SMALL),
+                 on_progress=events.append)
+    assert result.status == "done" and result.topology_changed
+    assert len(result.faces) > 10 * len(f0)  # triangles were added where the images need them
+    assert check_mesh(result.faces).closed_manifold
+    assert check_mesh(result.faces).inconsistent_edges == 0
+    assert result.mean_fit_iou > 0.9 and min(result.heldout_iou.values()) > 0.85
+    assert quality_stats(result.vertices, result.faces)["min_angle_p5"] > 20.0
+    assert "smallest angles" in result.message
+    # The new faces are streamed with the first vertices, so the add-on makes a new object.
+    assert events[0].faces is not None
+
+
+def test_coarse_levels_stay_coarse_and_the_face_budget_holds(box_views):
+    v0, f0 = cube()
+    # Every iteration at the coarsest level (2/3 of 48 px: MIN_LEVEL_SIDE), or at full size.
+    quick = {"iterations": 20, "remesh_every": 1, **SMALL}
+    coarse = fit(box_views, v0, f0, FitOptions(coarse_fraction=1.0, **quick))
+    fine = fit(box_views, v0, f0, FitOptions(coarse_fraction=0.0, **quick))
+    assert len(coarse.faces) < 0.8 * len(fine.faces)
+    capped = fit(box_views, v0, f0, FitOptions(coarse_fraction=0.0, face_budget=100, **quick))
+    # Splits stop at the budget (a flip or collapse may leave it a few faces over).
+    assert len(capped.faces) <= 100 + 8
+
+
+def test_automatic_face_budget_grows_with_the_silhouettes(box_views):
+    prep = prepare_views(box_views)
+    budget = adaptive.face_budget(prep, FitOptions())
+    assert adaptive.MIN_BUDGET <= budget <= FitOptions().max_faces
+    assert adaptive.face_budget(prep, FitOptions(face_budget=1234)) == 1234
+    assert adaptive.face_budget(prep, FitOptions(edge_pixels=1.0)) >= budget
+
+
+def test_remeshing_carries_the_optimiser_moments():
+    v, f = sphere(0.6, level=1)
+    state = MeshState(torch.tensor(v, dtype=torch.float32), f,
+                      FitOptions(**SMALL), None)
+    for _ in range(3):
+        state.zero_grad()
+        ((state.vertices() - 1.0) ** 2).sum().backward()
+        state.step()
+    before = state.vertex_moments()["shape"]["exp_avg"]
+    step_count = state.shape_optimizer.state[state.shape_param]["step"]
+    shape = state.shape().detach()
+    # Halve the target length: every edge splits.
+    lengths = (shape[state.edges[:, 0]] - shape[state.edges[:, 1]]).norm(dim=1)
+    n_vertices = len(shape)
+    prep_free = adaptive.remesh  # the library call the fit makes
+    result = prep_free(shape, state.faces, torch.full((n_vertices,), float(lengths.min()) / 2),
+                       {"shape/exp_avg": before})
+    state.set_mesh(result.vertices, result.faces.numpy(), None,
+                   {"shape": {"exp_avg": result.attributes["shape/exp_avg"],
+                              "exp_avg_sq": torch.ones_like(result.vertices)}})
+    moved = state.shape_optimizer.state[state.shape_param]
+    assert moved["step"] == step_count
+    assert moved["exp_avg"].shape == (len(result.vertices), 3)
+    assert torch.equal(moved["exp_avg"][:n_vertices], before)  # old vertices keep theirs
+    state.zero_grad()
+    (state.vertices() ** 2).sum().backward()
+    state.step()
+    assert torch.isfinite(state.vertices()).all()
+
+
+def test_large_steps_shape_is_the_solve_of_its_parameter():
+    v, f = sphere(0.6, level=2)
+    base = torch.tensor(v, dtype=torch.float32)
+    state = MeshState(base, f, FitOptions(**SMALL), None)
+    assert torch.allclose(state.shape(), base, atol=1e-5)
+    assert float(state.laplacian_loss()) == 0.0
+    offsets = MeshState(base, f, FitOptions(large_steps=False, **SMALL), None)
+    assert torch.equal(offsets.shape(), base)
+
+
+def test_keep_topology_with_large_steps_keeps_the_faces(box_views):
+    v0, f0 = sphere(0.6, level=2)
+    result = fit(box_views, v0, f0, FitOptions(iterations=40, topology="keep", **SMALL))
+    assert not result.topology_changed and np.array_equal(result.faces, f0)
+    assert result.mean_fit_iou > 0.9
+
+
+def test_keep_topology_on_a_coarse_mesh_suggests_adapt(box_views):
+    v0, f0 = cube()
+    result = fit(box_views, v0, f0, FitOptions(iterations=5, topology="keep", **SMALL))
+    assert "too coarse" in result.message and "Adapt" in result.message
+
+
+def test_a_genus_0_start_for_silhouettes_with_a_hole_suggests_the_visual_hull():
+    ring = [box((0.8, 0.2, 0.15), (0, y, 0)) for y in (-0.6, 0.6)]
+    ring += [box((0.2, 0.8, 0.15), (x, 0, 0)) for x in (-0.6, 0.6)]
+    views = views_of(*_union(ring), cameras((48, 48), elevations=(60.0, 89.0)))
+    v0, f0 = cube()
+    result = fit(views, v0, f0, FitOptions(iterations=2, **SMALL))
+    assert "through-hole" in result.message and "Visual Hull" in result.message
+
+
+def _union(boxes):
+    """Several (vertices, faces) meshes as one (they may overlap: only silhouettes matter)."""
+    vertices, faces, offset = [], [], 0
+    for v, f in boxes:
+        vertices.append(v)
+        faces.append(f + offset)
+        offset += len(v)
+    return np.concatenate(vertices), np.concatenate(faces)
+
+
+def test_adapting_an_open_mesh_is_refused_with_the_ways_out(box_views):
+    v0, f0 = cube()
+    with pytest.raises(FitError, match="closed .*topology='keep'"):
+        fit(box_views, v0, f0[2:], FitOptions(iterations=2, **SMALL))
+
+
+def test_a_mesh_missing_the_silhouettes_is_aligned_automatically(box_views):
+    v0, f0 = sphere(3.0, (20.0, 5.0, -4.0), level=2)
+    result = fit(box_views, v0, f0, FitOptions(iterations=0, topology="keep", **SMALL))
+    assert result.mean_fit_iou > 0.5
+    assert "automatically (Align First)" in result.message
+
+
+def test_box_coverage_is_the_share_of_the_second_box_inside_the_first():
+    lo, hi = np.zeros(3), np.ones(3)
+    assert box_coverage(lo - 1, hi + 1, lo, hi) == pytest.approx(1.0)
+    assert box_coverage(lo, hi, lo - 1, hi + 1) == pytest.approx(1 / 27)
+    assert box_coverage(lo + 5, hi + 5, lo, hi) < 1e-12
+
+
+def test_targets_are_in_pixels_of_the_level(box_views):
+    prep = prepare_views(box_views)
+    options = FitOptions(**SMALL)
+    v, f = sphere(0.6, level=2)
+    frame = Frame.around(v)
+    levels = Schedule(options, min(prep.train_sides())).levels
+    topo = adaptive.AdaptiveTopology.create(prep, frame, levels, options)
+    state = MeshState(torch.tensor(frame.normalise(v), dtype=torch.float32), f, options, None)
+    coarse, fine = topo.target_lengths(state, 0), topo.target_lengths(state, len(levels) - 1)
+    assert (coarse >= fine - 1e-6).all() and float(coarse.mean()) > 1.5 * float(fine.mean())
+    assert adaptive.AdaptiveTopology.create(prep, frame, levels,
+                                            FitOptions(topology="keep")) is None
