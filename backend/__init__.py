@@ -3,8 +3,11 @@
 The heavy modules (torch, CuPy) load on first use, so the torch-free parts
 (`backend.core.camera`, `backend.core.protocol`) can be imported from Blender's own Python.
 
-    from backend import render, RenderSettings, Cameras
-    from backend import FitOptions, View  # and `from backend.fit.fitting import fit`
+    from backend.render import render, render_silhouette, RenderSettings, Cameras
+    from backend.fit import fit, FitOptions, View
+
+`backend.render` and `backend.fit` are the sub-packages (torch); the names below load
+lazily from `backend` itself as well, for the torch-free ones' sake.
 """
 
 from importlib import import_module
@@ -12,8 +15,6 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {
-    "render": "backend.render.renderer",
-    "render_silhouette": "backend.render.renderer",
     "RenderSettings": "backend.render.renderer",
     "Lighting": "backend.render.renderer",
     "Cameras": "backend.render.renderer",

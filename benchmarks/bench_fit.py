@@ -339,7 +339,7 @@ def main(argv=None) -> None:
     changed = {k: v for k, v in options.to_dict().items() if FitOptions().to_dict()[k] != v}
     print(f"machine: {os.cpu_count()} cores, {cpu_name()}, {platform.system()}, load average "
           f"{os.getloadavg()[0]:.1f}; torch threads {torch.get_num_threads()}; options changed "
-          f"from defaults: {changed or 'none'}", flush=True)
+          f"from defaults: {changed or 'none'}\noptions: {options.to_dict()}", flush=True)
     if args.large:
         cases = [(LARGE_TARGET, *LARGE_SIZE)]
     else:

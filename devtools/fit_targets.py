@@ -245,8 +245,9 @@ def self_intersections(vertices: np.ndarray, faces: np.ndarray) -> int:
     tree = mathutils.bvhtree.BVHTree.FromPolygons(
         [tuple(map(float, v)) for v in np.asarray(vertices)], np.asarray(faces).tolist(),
         all_triangles=True)
-    # A tree overlapping itself reports each crossing twice, as (i, j) and (j, i).
-    return len({(min(i, j), max(i, j)) for i, j in tree.overlap(tree)})
+    # A tree overlapping itself reports each crossing twice, as (i, j) and (j, i), and a
+    # degenerate triangle as overlapping itself.
+    return len({(min(i, j), max(i, j)) for i, j in tree.overlap(tree) if i != j})
 
 
 def shaded_render(vertices: np.ndarray, faces: np.ndarray, params: dict,

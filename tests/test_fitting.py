@@ -390,3 +390,12 @@ def test_the_fit_api_is_importable_from_the_backend_package():
 
     assert backend.FitOptions is FitOptions and backend.View is View
     assert backend.FitError is FitError and backend.FitResult is fitting.FitResult
+
+
+def test_the_documented_entry_points_are_functions_not_packages():
+    from backend.fit import fit as fit_function
+    from backend.render import Cameras, RenderSettings, render, render_silhouette
+
+    assert fit_function is fit
+    assert callable(render) and callable(render_silhouette)
+    assert Cameras.__name__ == "Cameras" and RenderSettings.__name__ == "RenderSettings"

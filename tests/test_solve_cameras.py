@@ -296,3 +296,51 @@ def test_solved_cameras_are_imported_as_a_colmap_model_ready_to_fit(scene, tmp_p
     lines = solve_operators.summary_lines(reply, collection.name)
     assert lines[0] == "Solved 8 of 9 cameras into 'statue' in 6 s"
     assert lines[-1] == "Not registered: view_8.png: only 0 SIFT features"
+
+
+@pytest.mark.blender
+def test_panel_shows_the_settings_then_the_solve_progress(scene):
+    import bpy
+    from test_addon_fit import draw
+
+    from softras_blender import runtime, solve_operators
+
+    runtime.state.solve_status = ["Solved 8 of 9 cameras into 'statue' in 6 s"]
+    idle = draw(solve_operators.SOFTRAS_PT_solve_cameras, bpy.context)
+    assert [e[1] for e in idle if e[0] == "prop"] == ["solve_folder", "solve_ordering",
+                                                      "solve_up", "solve_distance"]
+    assert ("operator", "softras.solve_cameras") in idle
+    assert ("label", "Solved 8 of 9 cameras into 'statue' in 6 s") in idle
+    session = solve_operators.SolveSession(solve_operators.SolveRequest("/photos"))
+    session.sent, session.stage, session.fraction = True, "matching", 0.5
+    session.message = "exhaustive matching"
+    runtime.state.solve = session
+    try:
+        busy = draw(solve_operators.SOFTRAS_PT_solve_cameras, bpy.context)
+    finally:
+        runtime.state.solve = None
+    assert ("progress", 0.5, "Matching photos: exhaustive matching") in busy
+    assert ("operator", "softras.solve_cameras") not in busy
+
+
+@pytest.mark.blender
+@pytest.mark.slow
+@needs_pycolmap
+def test_headless_solve_refuses_bad_photos_with_exit_code_2(tmp_path):
+    import subprocess
+
+    pytest.importorskip("bpy")
+    headless = [sys.executable, str(REPO / "softras_blender" / "headless.py"), "--"]
+    env = dict(os.environ, SOFTRAS_USER_DIR=str(tmp_path / "user"))
+    output = tmp_path / "out.blend"
+    for args, reason in (
+            (["--solve-cameras", "--iterations", "0", "--output", str(output)],
+             "--solve-cameras needs --images DIR"),
+            (["--solve-cameras", "--images", str(write_photos(tmp_path / "few", ["noise"] * 2)),
+              "--iterations", "0", "--output", str(output), "--backend-python",
+              sys.executable, "--threads", "1"], "at least 3")):
+        done = subprocess.run(headless + args, capture_output=True, text=True, env=env,
+                              cwd=REPO, timeout=300, check=False)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert reason in done.stderr.splitlines()[-1]
+        assert not output.exists()

@@ -80,9 +80,9 @@ class FitOptions:
     silhouette_weight: float = 1.0
     color_weight: float = 1.0
     laplacian_weight: float = 100.0
-    flatten_weight: float = 1.0
+    flatten_weight: float = 0.1
     edge_weight: float = 0.0
-    normal_weight: float = 0.01
+    normal_weight: float = 0.001
     fit_transform: bool = True
     fit_colors: bool = False
     lighting: bool = False
@@ -98,8 +98,8 @@ class FitOptions:
     edge_pixels: float = 2.0
     face_budget: int = 0
     large_steps: bool = True
-    smoothing: float = 5.0
-    large_steps_lr: float = 0.2
+    smoothing: float = 2.0
+    large_steps_lr: float = 0.3
     refine_cameras: bool = False
     refine_focal: bool = False
     camera_learning_rate: float = 0.005

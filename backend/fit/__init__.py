@@ -14,3 +14,7 @@ May import `backend.core` and `backend.render`; never `backend.process`.
 - `mesh_ops`: mesh topology and geometry helpers.
 - `visual_hull`: silhouettes, carving, and the initial meshes.
 """
+
+from .fitting import FitError, FitOptions, FitResult, Progress, View, fit
+
+__all__ = ["FitError", "FitOptions", "FitResult", "Progress", "View", "fit"]

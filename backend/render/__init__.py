@@ -10,3 +10,7 @@ run one way: renderer -> raster_cpu, raster_cuda -> binning, screen_space -> set
 - `raster_cuda`: the CUDA passes (kernels/soft_raster.cu through CuPy).
 - `binning`: which faces may touch which pixels or tiles.
 """
+
+from .renderer import Cameras, Lighting, RenderSettings, render, render_silhouette
+
+__all__ = ["Cameras", "Lighting", "RenderSettings", "render", "render_silhouette"]
