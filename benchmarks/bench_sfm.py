@@ -39,6 +39,10 @@ import numpy as np
 # the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
+from backend.core import threads  # noqa: E402
+
+threads.apply()  # before torch (the --fit fits) loads its OpenMP runtime
+
 from backend.core.camera_files import read_camera_file  # noqa: E402
 from backend.sfm import normalise_scene, pose_errors, solve_cameras, umeyama  # noqa: E402
 from backend.sfm.alignment import camera_centres, nearest_point_to_axes  # noqa: E402

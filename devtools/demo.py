@@ -1,5 +1,6 @@
 """The demo's Blender steps: the synthetic scene (Suzanne rendered by Cycles from many
-cameras, fitted from an icosphere), its contact sheet, and a shaded render of a fit.
+cameras, fitted from Blender's default cube), its contact sheet, and a shaded render of a
+fit (photo | start | fit with ``--before``).
 
     python devtools/demo.py scene --out out/demo [--cameras 24 --size 128]
     python devtools/demo.py sheet --scene out/demo/scene.blend --fitted out/demo/fitted.blend \
@@ -96,9 +97,10 @@ def build_scene(out_dir: Path, *, cameras: int = 24, size: int = 128, samples: i
     """Build and save ``out_dir/scene.blend``; returns its path.
 
     cameras: how many (see `camera_rig`); size: render width = height in pixels;
-    start: the mesh to fit, "ICOSPHERE" (named "Icosphere"), "UV_SPHERE" (named
-    "Sphere") or "NONE"; background_images: attach each render to its camera as a
-    background image (else the renders are only written to ``out_dir/renders``).
+    start: the mesh to fit, "CUBE" (Blender's default cube, named "Cube"), "ICOSPHERE"
+    (named "Icosphere"), "UV_SPHERE" (named "Sphere") or "NONE"; background_images:
+    attach each render to its camera as a background image (else the renders are only
+    written to ``out_dir/renders``).
     """
     out_dir = Path(out_dir).resolve()
     scene = cycles.reset_scene()
@@ -130,6 +132,9 @@ def build_scene(out_dir: Path, *, cameras: int = 24, size: int = 128, samples: i
         # 0.81, 1280 to 0.97, 5120 to 0.99 on the fitted views).
         bpy.ops.mesh.primitive_ico_sphere_add(subdivisions=5, radius=1.0)
         bpy.context.active_object.name = "Icosphere"
+    elif start == "CUBE":
+        bpy.ops.mesh.primitive_cube_add(size=2.0)
+        bpy.context.active_object.name = "Cube"
     elif start == "UV_SPHERE":
         bpy.ops.mesh.primitive_uv_sphere_add(segments=24, ring_count=12, radius=1.0)
         bpy.context.active_object.name = "Sphere"
@@ -213,10 +218,12 @@ def contact_sheet(scene_path: Path, fitted_path: Path, out_path: Path,
 
 
 def shaded_render(fitted_path: Path, out_path: Path, cameras: int = 3, size: int = 320,
-                  samples: int = 8) -> list[str]:
+                  samples: int = 8, before: str | None = None) -> list[str]:
     """A PNG of the fitted object shaded by Cycles (grey clay, one sun), seen through
     ``cameras`` of the scene's cameras spread over the ring, each next to its photo
-    (the camera's background image). Returns the camera names used."""
+    (the camera's background image); ``before``: the name of the mesh the fit started
+    from, shown shaded between the two (photo | before | after). Returns the camera
+    names used."""
     from softras_blender import scene_export  # bpy-side helpers, importable by path
 
     bpy.ops.wm.open_mainfile(filepath=str(Path(fitted_path).resolve()))
@@ -233,24 +240,39 @@ def shaded_render(fitted_path: Path, out_path: Path, cameras: int = 3, size: int
     scene.render.resolution_percentage = max(1, int(round(100 * scale)))
     cycles.configure_cycles(scene, samples=samples, filter_width=1.0)
     cycles.set_world_color(scene, (0.3, 0.3, 0.3), 1.0)
-    fitted[0].data.materials.clear()
-    fitted[0].data.materials.append(_diffuse_material((0.7, 0.7, 0.7)))
+    shown = [scene.objects[before]] if before is not None else []
+    shown.append(fitted[0])
+    for obj in scene.objects:
+        if obj.type == "MESH":
+            obj.hide_render = True
+    for obj in shown:
+        obj.data.materials.clear()
+        obj.data.materials.append(_diffuse_material((0.7, 0.7, 0.7)))
     rows = []
     for cam in chosen:
-        sun = cycles.add_sun(scene, np.array(cam.matrix_world)[:3, 3] + [0.0, 0.0, 0.5],
-                             strength=1.5)
-        rgba = cycles.render_rgba(scene, cam)
-        bpy.data.objects.remove(sun)
-        shaded = rgba[..., :3] * rgba[..., 3:] + 0.05 * (1 - rgba[..., 3:])
         photo = scene_export.image_pixels(scene_export.background_image(cam).image)[::-1]
-        photo = _resize(photo[..., :3], shaded.shape[:2])
-        rows.append(np.concatenate([photo, _to_srgb(shaded)], axis=1))
+        row = []
+        for obj in shown:
+            row.append(_clay_render(scene, cam, obj))
+        rows.append(np.concatenate([_resize(photo[..., :3], row[0].shape[:2])] + row, axis=1))
     from PIL import Image
 
     sheet = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255 + 0.5).astype(np.uint8)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(sheet).save(out_path)
     return [c.name for c in chosen]
+
+
+def _clay_render(scene, cam, obj) -> np.ndarray:
+    """(h, w, 3) sRGB render of ``obj`` alone (the scene's meshes hidden from render)
+    seen by ``cam``, lit by a sun just above the camera."""
+    obj.hide_render = False
+    sun = cycles.add_sun(scene, np.array(cam.matrix_world)[:3, 3] + [0.0, 0.0, 0.5],
+                         strength=1.5)
+    rgba = cycles.render_rgba(scene, cam)
+    bpy.data.objects.remove(sun)
+    obj.hide_render = True
+    return _to_srgb(rgba[..., :3] * rgba[..., 3:] + 0.05 * (1 - rgba[..., 3:]))
 
 
 def _to_srgb(linear: np.ndarray) -> np.ndarray:
@@ -273,7 +295,7 @@ def main(argv=None) -> int:
     scene.add_argument("--cameras", type=int, default=24)
     scene.add_argument("--size", type=int, default=128)
     scene.add_argument("--samples", type=int, default=4)
-    scene.add_argument("--start", choices=("ICOSPHERE", "UV_SPHERE", "NONE"),
+    scene.add_argument("--start", choices=("CUBE", "ICOSPHERE", "UV_SPHERE", "NONE"),
                        default="ICOSPHERE", help="the mesh to fit")
     sheet = sub.add_parser("sheet", help="contact sheet of target vs fitted silhouettes")
     sheet.add_argument("--scene", type=Path, required=True)
@@ -283,6 +305,8 @@ def main(argv=None) -> int:
     shaded.add_argument("--fitted", type=Path, required=True)
     shaded.add_argument("--out", type=Path, required=True)
     shaded.add_argument("--cameras", type=int, default=3)
+    shaded.add_argument("--before", help="the mesh the fit started from, shown between the "
+                        "photo and the fit")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.command == "scene":
@@ -291,7 +315,7 @@ def main(argv=None) -> int:
         print(f"demo scene: {path} ({args.cameras} cameras, {args.size}x{args.size}, "
               f"{time.perf_counter() - start:.1f} s)")
     elif args.command == "shaded":
-        names = shaded_render(args.fitted, args.out, args.cameras)
+        names = shaded_render(args.fitted, args.out, args.cameras, before=args.before)
         print(f"shaded render: {args.out} (cameras {', '.join(names)}, "
               f"{time.perf_counter() - start:.1f} s)")
     else:

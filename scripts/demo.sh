@@ -12,7 +12,8 @@
 #   shaded.png           photos beside Cycles renders of the fitted mesh
 #
 #   bash scripts/demo.sh --synthetic   the earlier demo: Suzanne rendered by Cycles from 24
-#                                      cameras, an icosphere fitted to the renders' alpha
+#                                      cameras, Blender's default cube fitted to the renders'
+#                                      alpha; shaded.png: photo | cube | fit
 #                                      (out/demo-synthetic/)
 # Creates or updates the virtual environment first (scripts/env.sh).
 # Settings: OUT (folder), ITERATIONS, RESOLUTION (image size), DEVICE (auto|cpu|cuda).
@@ -27,14 +28,16 @@ if [[ "${1:-}" == "--synthetic" ]]; then
     ITERATIONS="${ITERATIONS:-300}"
     RESOLUTION="${RESOLUTION:-128}"
     mkdir -p "$OUT"
-    python devtools/demo.py scene --out "$OUT" --cameras 24 --size "$RESOLUTION"
-    python softras_blender/headless.py -- --scene "$OUT/scene.blend" --object Icosphere \
+    python devtools/demo.py scene --out "$OUT" --cameras 24 --size "$RESOLUTION" --start CUBE
+    python softras_blender/headless.py -- --scene "$OUT/scene.blend" --object Cube \
         --iterations "$ITERATIONS" --resolution "$RESOLUTION" --device "$DEVICE" \
         --hold-out-every 6 --output "$OUT/fitted.blend" --export-obj "$OUT/fitted.obj" \
         --report "$OUT/report.json"
     python devtools/demo.py sheet --scene "$OUT/scene.blend" --fitted "$OUT/fitted.blend" \
         --out "$OUT/contact_sheet.png"
-    echo "demo done: see $OUT/contact_sheet.png and $OUT/report.json"
+    python devtools/demo.py shaded --fitted "$OUT/fitted.blend" --before Cube \
+        --out "$OUT/shaded.png"
+    echo "demo done: see $OUT/contact_sheet.png, $OUT/shaded.png and $OUT/report.json"
     exit 0
 elif [[ $# -gt 0 ]]; then
     echo "usage: bash scripts/demo.sh [--synthetic]" >&2

@@ -54,13 +54,16 @@ def addon(tmp_path_factory):
 
 @pytest.fixture
 def scene(scene_file, addon):
-    """A freshly opened copy of the scene, the sphere active, small fit settings."""
+    """A freshly opened copy of the scene, the sphere active, small fit settings, Keep
+    Topology on (the shape-key path these tests check; the default, Adapt, writes a new
+    object: test_adapt_writes_a_new_object_and_cancelling_removes_it)."""
     bpy.ops.wm.open_mainfile(filepath=str(scene_file))
     scene = bpy.context.scene
     bpy.context.view_layer.objects.active = scene.objects[SPHERE]
     settings = scene.softras
     settings.iterations = ITERATIONS
     settings.resolution = RESOLUTION
+    settings.keep_topology = True
     return scene
 
 
@@ -172,6 +175,33 @@ def test_background_fit_raises_iou_into_a_shape_key_and_keeps_the_basis(scene, a
     assert abs(result["mean_fit_iou"] - after) < 0.1
     assert runtime.running_session() is None
     assert runtime.last_outcome() is runtime.Outcome.FITTED
+
+
+def test_adapt_writes_a_new_object_and_leaves_the_mesh_untouched(scene, addon):
+    from softras_blender import runtime
+
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    scene.softras.keep_topology = False  # the default: Adapt
+    assert bpy.ops.softras.fit(device="CPU") == {"FINISHED"}
+    assert sphere.data.shape_keys is None
+    np.testing.assert_array_equal(coordinates(sphere), original)
+    fitted = bpy.data.objects[SPHERE + " SoftRas Fit"]
+    assert len(fitted.data.polygons) != len(sphere.data.polygons)  # remeshed
+    assert runtime.last_result()["status"] == "done"
+
+
+def test_adapt_cancelled_removes_the_new_object(scene, addon):
+    context = bpy.context
+    sphere = scene.objects[SPHERE]
+    original = coordinates(sphere)
+    scene.softras.keep_topology = False
+    op = DrivenFit()
+    session = op.begin(context)
+    op.run_until(context, lambda result: session.updates >= 1)
+    assert SPHERE + " SoftRas Fit" in bpy.data.objects  # the fit was showing
+    assert op.tick(context, "ESC") == {"CANCELLED"}
+    assert_untouched(bpy.data.objects[SPHERE], original)
 
 
 # -- the modal path, driven by the test ----------------------------------------------------

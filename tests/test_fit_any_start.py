@@ -4,8 +4,9 @@ even, self-intersection-free surface.
 
 Small images (96x96, 12 fitting views, 4 held-out; `tests/fit_targets.py`) keep the four
 fits within the suite's budget. The thresholds come from benchmarks/bench_fit.py's figures
-(docs/benchmarks.md, "Fit from any start"); the cases today's fixed-topology fitter fails
-are marked xfail until adaptive topology lands.
+(docs/benchmarks.md, "Fit from any start") and these fits' own with adaptive topology. A
+genus-0 start cannot open the torus' hole (remeshing keeps the genus): that case is
+marked xfail, and its message must suggest the Visual Hull start.
 """
 
 from __future__ import annotations
@@ -26,16 +27,22 @@ from devtools.fit_targets import build_target, self_intersections, start_mesh  #
 pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 # Held-out IoU (our renderer, hard silhouettes) a fit must reach, whatever its start, and
-# at least the carved visual hull's. Today from the hull: torus 0.969 (hull 0.966), table
-# 0.762 (hull 0.705: its legs are 3 px wide and the hull loses them).
-MIN_HELDOUT_IOU = {"torus": 0.95, "table": 0.85}
+# at least the carved visual hull's. Fixed topology, from the hull: torus 0.969 (hull
+# 0.966), table 0.762 (hull 0.705: its legs are 3 px wide and the hull loses them); from
+# the cube 0.517 and 0.425. The first adaptive fitter (topology "adapt"): torus 0.967
+# from the hull, 0.877 from the cube; table 0.937 and 0.926.
+MIN_HELDOUT_IOU = {"torus": 0.955, "table": 0.90}
 # An even surface: the 5th percentile of the per-triangle minimum angles (degrees), and no
 # pair of triangles crossing each other. Today the hull start leaves 5th percentiles of
 # 7.6 (torus) and 10.4 (table) degrees.
 MIN_ANGLE_P5_DEG = 15.0
 MAX_SELF_INTERSECTIONS = 0
 
-NEEDS_ADAPTIVE = pytest.mark.xfail(strict=False, reason="needs adaptive topology (issue 9)")
+# Seen with the first adaptive fitter (topology "adapt"): the cube reaches the torus' outline
+# but, genus 0, folds over itself where the hole should be (102 crossing pairs).
+GENUS_MISMATCH = pytest.mark.xfail(
+    strict=False, reason="a genus-0 start cannot open the torus' hole (issue 9: the report "
+    "should suggest the Visual Hull start)")
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +98,10 @@ def mean_heldout(result) -> float:
 
 
 @pytest.mark.parametrize(("target", "start"), [
-    pytest.param("torus", "cube", marks=NEEDS_ADAPTIVE),
+    pytest.param("torus", "cube", marks=GENUS_MISMATCH),
     pytest.param("torus", "hull"),
-    pytest.param("table", "cube", marks=NEEDS_ADAPTIVE),
-    pytest.param("table", "hull", marks=NEEDS_ADAPTIVE),
+    pytest.param("table", "cube"),
+    pytest.param("table", "hull"),
 ])
 def test_fit_reaches_the_heldout_iou_from_any_start(fitted, target, start):
     result, hull = fitted(target, start)
@@ -105,10 +112,10 @@ def test_fit_reaches_the_heldout_iou_from_any_start(fitted, target, start):
 
 
 @pytest.mark.parametrize(("target", "start"), [
-    pytest.param("torus", "cube"),
-    pytest.param("torus", "hull", marks=NEEDS_ADAPTIVE),
+    pytest.param("torus", "cube", marks=GENUS_MISMATCH),
+    pytest.param("torus", "hull"),
     pytest.param("table", "cube"),
-    pytest.param("table", "hull", marks=NEEDS_ADAPTIVE),
+    pytest.param("table", "hull"),
 ])
 def test_fitted_surface_is_even_and_does_not_cross_itself(fitted, target, start):
     result, _ = fitted(target, start)
@@ -116,3 +123,8 @@ def test_fitted_surface_is_even_and_does_not_cross_itself(fitted, target, start)
     assert stats["min_angle_p5"] >= MIN_ANGLE_P5_DEG, stats
     crossings = self_intersections(result.vertices, result.faces)
     assert crossings <= MAX_SELF_INTERSECTIONS
+
+
+def test_a_genus_0_start_on_the_torus_is_told_to_start_from_the_visual_hull(fitted):
+    result, _ = fitted("torus", "cube")
+    assert "through-hole" in result.message and "Visual Hull" in result.message

@@ -462,8 +462,9 @@ class Service:
 def warm_up(device: str) -> None:
     """Load, while the client prepares its first request, what the first fit would
     otherwise wait for: torch.optim's lazy import of torch._dynamo (2 s on a 2-core
-    CPU) and, on a GPU, the compiled kernels. A failure here is only logged: the fit
-    meets it again and reports it."""
+    CPU) and the compiled rasterizer: the CUDA kernels on a GPU, else the CPU passes
+    (compiled by Numba on a machine's first run, then loaded from its cache). A failure
+    here is only logged: the fit meets it again and reports it."""
     try:
         import torch._dynamo  # noqa: F401
 
@@ -471,6 +472,10 @@ def warm_up(device: str) -> None:
             from ..render.raster_cuda import load_kernels
 
             load_kernels()
+        else:
+            from ..render.raster_cpu import warm_up as warm_up_cpu
+
+            warm_up_cpu()
     except Exception:
         log.exception("warm-up failed")
 

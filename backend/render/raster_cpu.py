@@ -95,6 +95,19 @@ class SoftRasterizeCpu(torch.autograd.Function):
                 None, None, None, None, None)
 
 
+def warm_up() -> None:
+    """Compile (first run on a machine) or load from Numba's disk cache every pass, by
+    rendering one triangle forward and backward, so a first fit does not wait for it."""
+    screen = torch.tensor([[[[1.0, 1.0, 1.0], [6.0, 1.0, 1.0], [1.0, 6.0, 1.0]]]],
+                          dtype=torch.float64, requires_grad=True)
+    colors = torch.full((1, 1, 3, 3), 0.5, dtype=torch.float64, requires_grad=True)
+    valid = torch.ones((1, 1), dtype=torch.bool)
+    ortho = torch.zeros(1, dtype=torch.bool)
+    for face_colors in (colors, None):
+        image = rasterize_cpu(screen, face_colors, valid, ortho, 8, 8, RenderSettings())
+        image.sum().backward()
+
+
 def count_pairs(face_screen: torch.Tensor, face_valid: torch.Tensor, width: int, height: int,
                 settings: RenderSettings) -> tuple[int, int]:
     """The work of one `rasterize_cpu` call: (candidate pairs, pairs kept).
