@@ -171,3 +171,17 @@ def test_targets_are_in_pixels_of_the_level(box_views):
     assert (coarse >= fine - 1e-6).all() and float(coarse.mean()) > 1.5 * float(fine.mean())
     assert adaptive.AdaptiveTopology.create(prep, frame, levels,
                                             FitOptions(topology="keep")) is None
+
+
+def test_the_panels_keep_topology_checkbox_maps_to_topology_keep():
+    from softras_blender.fit_options import options_from_settings
+
+    settings = {"iterations": 10, "sharpness": "MEDIUM", "fit_colors": False,
+                "smoothness": 1.0, "start": "ACTIVE"}
+    assert "topology" not in options_from_settings(settings, "CPU")  # the default: adapt
+    assert FitOptions().topology == "adapt"
+    keep = options_from_settings({**settings, "keep_topology": True}, "CPU")
+    assert keep["topology"] == "keep"
+    # Starts made from the silhouettes have no topology of the user's to keep.
+    hull = options_from_settings({**settings, "start": "HULL", "keep_topology": True}, "CPU")
+    assert "topology" not in hull

@@ -127,6 +127,7 @@ class DrivenFit:
         self.device = device
         self.backend_command = backend_command
         self.threads = threads
+        self.contact_sheet = ""  # the operator's property: no contact sheet
         self.reports = []
 
     def report(self, level, message):

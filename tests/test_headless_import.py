@@ -51,6 +51,27 @@ def test_import_only_saves_the_cameras_and_photos(tmp_path):
     assert bpy.context.scene.render.resolution_x == 640
 
 
+def test_turntable_options_add_a_rig_with_the_folders_photos(tmp_path):
+    out = tmp_path / "rig.blend"
+    done = run(["--turntable", "8", "--turntable-elevations", "10, 40", "--turntable-distance",
+                "3", "--turntable-lens", "35", "--turntable-centre", "0,0,1", "--images",
+                str(TEMPLE), "--iterations", "0", "--output", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "added 16 cameras in 'Turntable'" in done.stdout
+    bpy.ops.wm.open_mainfile(filepath=str(out))
+    cams = sorted((o for o in bpy.data.objects if o.type == "CAMERA"), key=lambda o: o.name)
+    assert [c.name for c in cams] == [f"templeSR{i:04d}" for i in range(1, 17)]
+    assert all(c.data.lens == 35 for c in cams)
+    centre = np.array([0.0, 0.0, 1.0])
+    distances = [np.linalg.norm(np.array(c.matrix_world.translation) - centre) for c in cams]
+    assert np.allclose(distances, 3.0, atol=1e-4)
+    wrong = run(["--turntable", "5", "--images", str(TEMPLE), "--iterations", "0", "--output",
+                 str(tmp_path / "wrong.blend")], tmp_path)
+    assert wrong.returncode == 2 and "holds 16 images but the turntable has 5 views" in (
+        one_error(wrong))
+    assert not (tmp_path / "wrong.blend").exists()
+
+
 def test_a_fit_from_the_raw_photos_reports_silhouettes_and_a_contact_sheet(tmp_path):
     report, sheet = tmp_path / "report.json", tmp_path / "sheet.png"
     done = run(["--import", str(TEMPLE_PAR), "--iterations", "40", "--resolution", "80",
@@ -154,3 +175,38 @@ def test_preview_shows_each_cameras_mask_and_clear_removes_it(addon):
     assert bpy.ops.softras.clear_silhouette_preview() == {"FINISHED"}
     assert all(len(c.data.background_images) == 1 for c in cams)
     assert not [i for i in bpy.data.images if i.name.startswith(preview.PREVIEW_PREFIX)]
+
+
+def test_masks_are_read_in_the_add_on_and_placed_like_their_images(addon, tmp_path):
+    from softras_blender import camera_import, scene_export
+    from softras_blender.camera_import import MASK_PROPERTY
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    camera_import.import_cameras(scene, TEMPLE_PAR)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    truth = np.zeros((480, 640, 4), np.float32)
+    truth[..., 3] = 1.0
+    truth[120:360, 160:480, :3] = 1.0  # a white box in the middle (row 0 at the bottom)
+    for i in range(1, 17):
+        image = bpy.data.images.new(f"mask{i}", 640, 480)
+        image.pixels.foreach_set(truth.ravel())
+        image.save(filepath=str(masks / f"templeSR{i:04d}_mask.png"))
+    special = tmp_path / "special.png"
+    image = bpy.data.images.new("special", 640, 480)
+    image.pixels.foreach_set(np.ones(640 * 480 * 4, np.float32))
+    image.save(filepath=str(special))
+    cams = sorted((o for o in scene.objects if o.type == "CAMERA"), key=lambda o: o.name)
+    cams[2][MASK_PROPERTY] = str(special)  # as a transforms.json's mask_path sets it
+    views = scene_export.export_views(scene, cams, "BACKGROUND", resolution=64, mode="MASKS",
+                                      mask_folder=str(masks))
+    assert views[0].mask.shape == (48, 64) and views[0].mask.dtype == np.float32
+    assert views[0].mask[12:36, 16:48].min() > 0.99 and views[0].mask[:10].max() < 0.01
+    assert views[2].mask.min() > 0.99  # the camera's own mask file wins
+    assert views[0].image[..., 3].min() == 1.0  # opaque photos are no error outside ALPHA
+    alpha_views = scene_export.export_views(scene, cams[:1], "BACKGROUND", resolution=64,
+                                            mode="KEY", mask_folder=str(masks))
+    assert alpha_views[0].mask is None
+    with pytest.raises(scene_export.ExportError, match="opaque everywhere"):
+        scene_export.export_views(scene, cams[:1], "BACKGROUND", resolution=64, mode="ALPHA")

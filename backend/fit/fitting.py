@@ -2,13 +2,16 @@
 
     result = fit([View(camera, image), ...], vertices, faces, FitOptions(iterations=300))
 
-numpy in, numpy out; no bpy. The optimiser moves every vertex (offsets from the
-initial mesh) plus a global translation and scale with Adam, minimising
+numpy in, numpy out; no bpy. The optimiser moves every vertex (by default through
+the large-steps parameterisation, `backend.fit.large_steps`; else offsets from the
+initial mesh with Adam) plus a global translation and scale, minimising
 ``1 - soft IoU`` of the silhouettes (and an L1 colour term when fitting colours)
 plus geometric regularisers (`backend.fit.losses`). It runs coarse to fine: the first
 iterations render downsampled images (intrinsics scaled, targets area-averaged)
-with soft edges, later ones full-resolution images with sharp edges, and the mesh
-can be subdivided partway so detail can appear.
+with soft edges, later ones full-resolution images with sharp edges. With
+``topology="adapt"`` (the default) the mesh is remeshed every few steps toward edges
+a few pixels long at the current resolution (`backend.fit.adaptive`), so any closed
+start (Blender's default cube included) can reach the shape; "keep" keeps the faces.
 
 All geometry is optimised in a normalised frame (the initial mesh centred, about two
 units across), so learning rate and loss weights do not depend on the scene's scale.
@@ -16,7 +19,7 @@ units across), so learning rate and loss weights do not depend on the scene's sc
 This module is the algorithm in one function and the public API; the parts live in
 `inputs` (views, device, initial mesh), `targets` (images per resolution level),
 `schedule` (each iteration's settings), `state` (the optimised parameters),
-`loop` (the iterations) and `evaluation` (hard IoU).
+`loop` (the iterations), `adaptive` (remeshing) and `evaluation` (hard IoU).
 """
 
 from __future__ import annotations
