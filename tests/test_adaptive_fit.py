@@ -13,6 +13,7 @@ from backend.fit.fitting import FitError, FitOptions, fit
 from backend.fit.inputs import box_coverage, prepare_views
 from backend.fit.mesh_ops import check_mesh
 from backend.fit.quality import quality_stats
+from backend.fit.remesh import remesh
 from backend.fit.schedule import Schedule
 from backend.fit.state import MeshState
 from backend.fit.targets import Frame
@@ -81,9 +82,8 @@ def test_remeshing_carries_the_optimiser_moments():
     # Halve the target length: every edge splits.
     lengths = (shape[state.edges[:, 0]] - shape[state.edges[:, 1]]).norm(dim=1)
     n_vertices = len(shape)
-    prep_free = adaptive.remesh  # the library call the fit makes
-    result = prep_free(shape, state.faces, torch.full((n_vertices,), float(lengths.min()) / 2),
-                       {"shape/exp_avg": before})
+    result = remesh(shape, state.faces, torch.full((n_vertices,), float(lengths.min()) / 2),
+                    {"shape/exp_avg": before})
     state.set_mesh(result.vertices, result.faces.numpy(), None,
                    {"shape": {"exp_avg": result.attributes["shape/exp_avg"],
                               "exp_avg_sq": torch.ones_like(result.vertices)}})

@@ -51,9 +51,10 @@ def face_budget(prep: Prepared, options: FitOptions) -> int:
 
 
 def check_adaptable(faces: np.ndarray) -> None:
-    """FitError unless faces (F, 3) form a closed manifold, which remeshing needs."""
+    """FitError unless faces (F, 3) form a closed, consistently oriented manifold, which
+    remeshing needs."""
     report = check_mesh(faces)
-    if not report.closed_manifold:
+    if not report.closed_manifold or report.inconsistent_edges:
         raise FitError(
             "adaptive topology needs a closed (watertight) manifold mesh, but the initial mesh "
             f"has {'; '.join(report.describe())}: close it, fit it with topology='keep' "
@@ -61,20 +62,22 @@ def check_adaptable(faces: np.ndarray) -> None:
 
 
 def topology_advice(prep: Prepared, start: InitialMesh, world: np.ndarray, faces: np.ndarray,
-                    options: FitOptions) -> list[str]:
-    """Messages for a fit from a given mesh: a genus the silhouettes contradict (the
-    visual hull has more through-holes) or, with the topology kept, triangles too large
-    for the images. world: (V, 3) the fitted vertices; faces: (F, 3)."""
-    if start.given_faces is None and options.topology == "keep":
-        return []
+                    options: FitOptions, mesh_given: bool) -> list[str]:
+    """Messages about the start's topology: a genus the silhouettes contradict (their
+    visual hull has more through-holes than a given mesh or the sphere start) and, for
+    a given mesh kept as it is, triangles too large for the images.
+
+    world: (V, 3) the fitted vertices; faces: (F, 3); mesh_given: the caller gave the
+    start (else it was made from the silhouettes, `options.init`).
+    """
     out = []
-    hull_genus, start_genus = _hull_genus(prep), genus(start.faces, len(start.vertices))
-    if start.given_faces is not None or options.topology == "adapt":
+    if mesh_given or options.init == "sphere":  # the hull start has the hull's genus
+        hull_genus, start_genus = _hull_genus(prep), genus(start.faces, len(start.vertices))
         if hull_genus > start_genus:
             out.append(f"the silhouettes show {hull_genus} through-hole(s) but the initial mesh "
                        f"has {start_genus}: a fit cannot open holes; start from the Visual "
                        "Hull (no initial mesh, init='hull'), which keeps them")
-    if options.topology == "keep":
+    if mesh_given and options.topology == "keep":
         pixels = float(np.median(pixel_edge_lengths(prep, world, faces)))
         if pixels > COARSE_EDGE_FACTOR * options.edge_pixels:
             out.append(f"the mesh is too coarse for the images (median edge {pixels:.0f} px): "

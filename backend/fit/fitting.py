@@ -141,7 +141,7 @@ def fit(
     timing = {"init": t_init - t_start, "optimise": run.seconds, "evaluate": t_end - t_opt,
               "total": t_end - t_start, "per_iteration": run.seconds / max(run.completed, 1)}
     world = frame.to_world(final.vertices)
-    messages += topology_advice(prep, start, world, final.faces, options)
+    messages += topology_advice(prep, start, world, final.faces, options, vertices is not None)
     messages.append(_quality_summary(world, final.faces))
     result = _result(prep, frame, run, fit_iou, heldout_iou, new_faces or run.topology_changed,
                      timing, device, messages + run.messages)
