@@ -97,7 +97,7 @@ def fake_fit(views, vertices, faces, options, on_progress=None, should_stop=None
         vertices=buffer.copy(), faces=np.zeros((2, 3), np.int32), colors=None,
         topology_changed=False, fit_iou={"a": 0.9}, heldout_iou={}, mean_fit_iou=0.9,
         loss_history=[{"total": 1.0}], timing={"total": 0.1}, iterations=done, device="cpu",
-        status=status, message="")
+        status=status, message="", camera_corrections=[])
 
 
 def fake_resolve_device(name):
