@@ -93,7 +93,8 @@ def test_the_backend_opens_no_socket(backend):
 def test_a_small_fit_streams_vertices_and_improves_the_iou(backend, scene):
     vertices, faces, views = scene
     fit_id = backend.start_fit(vertices, faces, views,
-                               {"iterations": 40, "stream_every": 5, "device": "cpu"})
+                               {"iterations": 40, "stream_every": 5, "device": "cpu",
+                                "topology": "keep"})
     events, streamed = run_until_done(backend, fit_id)
     done = events[-1]
     assert done["type"] == "done" and done["status"] == "done", done
