@@ -12,6 +12,8 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, St
 from bpy.types import Operator, Panel
 from bpy_extras.io_utils import ExportHelper, ImportHelper
 
+from .panels import SoftRasPanelMixin
+
 
 def _fail(operator, exc: BaseException) -> set:
     operator.report({"ERROR"}, str(exc).strip() or type(exc).__name__)
@@ -182,12 +184,9 @@ the object; optionally with a folder of photos assigned in sorted order"""
         return {"FINISHED"}
 
 
-class SOFTRAS_PT_cameras(Panel):
+class SOFTRAS_PT_cameras(SoftRasPanelMixin, Panel):
     bl_label = "Cameras"
     bl_idname = "SOFTRAS_PT_cameras"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "SoftRas"
     bl_parent_id = "SOFTRAS_PT_fit"
 
     def draw(self, context):

@@ -13,9 +13,8 @@ from bpy.props import EnumProperty, IntProperty, StringProperty
 from bpy.types import Operator
 
 from . import fit_options, runtime
+from .modal import TimerModal
 from .runtime import Outcome, state
-
-TIMER_STEP = 0.1  # seconds between two looks at the backend in the UI
 
 
 def _message(exc: BaseException) -> str:
@@ -35,7 +34,7 @@ def flagged_lines(silhouettes: dict | None) -> list[str]:
     return [f"Flagged: {f['reason']}" for f in (silhouettes or {}).get("flagged", [])]
 
 
-class SOFTRAS_OT_fit(Operator):
+class SOFTRAS_OT_fit(TimerModal, Operator):
     """Deform the mesh until its soft silhouettes match the cameras' reference images"""
 
     bl_idname = "softras.fit"
@@ -84,18 +83,7 @@ class SOFTRAS_OT_fit(Operator):
             return self._fail(session, exc)
         return self._finish(context, session)
 
-    # The UI path: a modal operator fed by a timer.
-    def invoke(self, context, event):
-        if bpy.app.background:
-            return self.execute(context)
-        session = self._begin(context)
-        if session is None:
-            return {"CANCELLED"}
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(TIMER_STEP, window=context.window)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
-
+    # The UI path (TimerModal.invoke): modal() fed by a timer.
     def modal(self, context, event):
         session = self._session
         if event.type == "ESC" or session.cancel_requested:
@@ -200,11 +188,6 @@ class SOFTRAS_OT_fit(Operator):
         self.report({"ERROR"}, f"Fit failed: {message}")
         return {"CANCELLED"}
 
-    def _stop_timer(self, context):
-        timer = getattr(self, "_timer", None)
-        if timer is not None:
-            context.window_manager.event_timer_remove(timer)
-            self._timer = None
 
 
 class SOFTRAS_OT_cancel_fit(Operator):

@@ -19,12 +19,12 @@ from bpy.types import Operator
 
 from . import runtime
 from .backend.core import messages
+from .modal import TimerModal
 from .runtime import state
 
 PREVIEW_PREFIX = "SoftRas Mask "
 PREVIEW_TINT = (0.1, 1.0, 0.2)  # linear RGB of the object in the preview
 PREVIEW_ALPHA = 0.5
-TIMER_STEP = 0.1
 
 
 class PreviewFailed(RuntimeError):
@@ -137,7 +137,7 @@ def preview_lines(answer: dict, shown: int) -> list[str]:
     return lines
 
 
-class SOFTRAS_OT_preview_silhouettes(Operator):
+class SOFTRAS_OT_preview_silhouettes(TimerModal, Operator):
     """Find each camera's silhouette as a fit would (the Silhouettes setting) and show it
     over the camera's image, without fitting"""
 
@@ -158,14 +158,6 @@ class SOFTRAS_OT_preview_silhouettes(Operator):
         except Exception as exc:
             return self._fail(job, exc)
         return self._finish(context, job)
-
-    def invoke(self, context, event):
-        job = self._begin(context)
-        if job is None:
-            return {"CANCELLED"}
-        self._timer = context.window_manager.event_timer_add(TIMER_STEP, window=context.window)
-        context.window_manager.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
         if event.type != "TIMER":
@@ -212,11 +204,6 @@ class SOFTRAS_OT_preview_silhouettes(Operator):
         print(f"SoftRas: preview failed: {exc}", file=sys.stderr, flush=True)
         self.report({"ERROR"}, f"Preview failed: {exc}")
         return {"CANCELLED"}
-
-    def _stop_timer(self, context):
-        if getattr(self, "_timer", None) is not None:
-            context.window_manager.event_timer_remove(self._timer)
-            self._timer = None
 
 
 class SOFTRAS_OT_clear_silhouette_preview(Operator):

@@ -29,9 +29,10 @@ from bpy.types import Operator, Panel
 
 from . import runtime
 from .client import BackendClient
+from .modal import TimerModal
+from .panels import SoftRasPanelMixin
 from .runtime import state
 
-TIMER_STEP = 0.1  # seconds between two looks at the backend in the UI
 STAGES = ("features", "matching", "mapping")  # backend.sfm.STAGES, in the order they run
 STAGE_TEXT = {"features": "Finding features", "matching": "Matching photos",
               "mapping": "Placing cameras"}
@@ -193,7 +194,7 @@ def _message(exc: BaseException) -> str:
     return str(exc).strip() or type(exc).__name__
 
 
-class SOFTRAS_OT_solve_cameras(Operator):
+class SOFTRAS_OT_solve_cameras(TimerModal, Operator):
     """Find the cameras of a folder of photos taken without them (structure from motion) \
 and add them with their photos as background images, ready to fit"""
 
@@ -231,17 +232,7 @@ and add them with their photos as background images, ready to fit"""
             return self._fail(context, session, exc)
         return self._finish(context, session)
 
-    # The UI path: a modal operator fed by a timer; Esc cancels.
-    def invoke(self, context, event):
-        if bpy.app.background:
-            return self.execute(context)
-        session = self._begin(context)
-        if session is None:
-            return {"CANCELLED"}
-        wm = context.window_manager
-        self._timer = wm.event_timer_add(TIMER_STEP, window=context.window)
-        wm.modal_handler_add(self)
-        return {"RUNNING_MODAL"}
+    # The UI path (TimerModal.invoke): modal() fed by a timer; Esc cancels.
 
     def modal(self, context, event):
         session = self._session
@@ -322,10 +313,7 @@ and add them with their photos as background images, ready to fit"""
 
     def _stop(self, context, session, cancel: bool = False):
         """Stop the timer, clear the status bar, end the backend (cancelling the solve)."""
-        timer = getattr(self, "_timer", None)
-        if timer is not None:
-            context.window_manager.event_timer_remove(timer)
-            self._timer = None
+        self._stop_timer(context)
         if not bpy.app.background and context.workspace is not None:
             context.workspace.status_text_set(None)
         if cancel:
@@ -342,12 +330,9 @@ def _redraw(context) -> None:
                 area.tag_redraw()
 
 
-class SOFTRAS_PT_solve_cameras(Panel):
+class SOFTRAS_PT_solve_cameras(SoftRasPanelMixin, Panel):
     bl_label = "Solve Cameras"
     bl_idname = "SOFTRAS_PT_solve_cameras"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "SoftRas"
     bl_parent_id = "SOFTRAS_PT_fit"
     bl_options = {"DEFAULT_CLOSED"}
 

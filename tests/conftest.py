@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from backend.core import threads
@@ -71,3 +72,21 @@ def emulated_cuda(monkeypatch):
     monkeypatch.setattr(raster_cuda, "run_kernel", make_run_kernel(build_library()))
     monkeypatch.setattr(raster_cuda, "cuda_available", lambda: (True, ""))
     return raster_cuda
+
+
+@pytest.fixture(scope="module")
+def addon(tmp_path_factory):
+    """The add-on registered from this checkout in bpy (Blender as a module), its user
+    folder in a temporary place; unregistered after the module's tests."""
+    pytest.importorskip("bpy")
+    import softras_blender
+
+    previous = os.environ.get("SOFTRAS_USER_DIR")
+    os.environ["SOFTRAS_USER_DIR"] = str(tmp_path_factory.mktemp("softras_user"))
+    softras_blender.register()
+    yield softras_blender
+    softras_blender.unregister()
+    if previous is None:
+        del os.environ["SOFTRAS_USER_DIR"]
+    else:
+        os.environ["SOFTRAS_USER_DIR"] = previous

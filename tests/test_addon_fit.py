@@ -36,22 +36,6 @@ def scene_file(tmp_path_factory):
                             samples=2, start="UV_SPHERE")
 
 
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    """The add-on registered from this checkout, its user folder in a temporary place."""
-    import softras_blender
-
-    previous = os.environ.get("SOFTRAS_USER_DIR")
-    os.environ["SOFTRAS_USER_DIR"] = str(tmp_path_factory.mktemp("softras_user"))
-    softras_blender.register()
-    yield softras_blender
-    softras_blender.unregister()
-    if previous is None:
-        del os.environ["SOFTRAS_USER_DIR"]
-    else:
-        os.environ["SOFTRAS_USER_DIR"] = previous
-
-
 @pytest.fixture
 def scene(scene_file, addon):
     """A freshly opened copy of the scene, the sphere active, small fit settings, Keep

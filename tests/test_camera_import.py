@@ -10,7 +10,6 @@ settings as float32.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,21 +27,6 @@ pytestmark = pytest.mark.blender
 
 TEMPLE = SHARED_DATA / "photos" / "templeSparseRing" / "templeSR_par.txt"
 RNG = np.random.default_rng(3)
-
-
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    import softras_blender
-
-    previous = os.environ.get("SOFTRAS_USER_DIR")
-    os.environ["SOFTRAS_USER_DIR"] = str(tmp_path_factory.mktemp("softras_user"))
-    softras_blender.register()
-    yield softras_blender
-    softras_blender.unregister()
-    if previous is None:
-        del os.environ["SOFTRAS_USER_DIR"]
-    else:
-        os.environ["SOFTRAS_USER_DIR"] = previous
 
 
 @pytest.fixture

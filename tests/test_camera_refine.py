@@ -267,24 +267,6 @@ def test_the_panel_checkbox_becomes_the_backend_option():
     assert FitOptions.from_dict(options).refine_cameras
 
 
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    pytest.importorskip("bpy")
-    import os
-
-    import softras_blender
-
-    previous = os.environ.get("SOFTRAS_USER_DIR")
-    os.environ["SOFTRAS_USER_DIR"] = str(tmp_path_factory.mktemp("softras_user"))
-    softras_blender.register()
-    yield softras_blender
-    softras_blender.unregister()
-    if previous is None:
-        del os.environ["SOFTRAS_USER_DIR"]
-    else:
-        os.environ["SOFTRAS_USER_DIR"] = previous
-
-
 def _camera_object(bpy, name, eye, lens=50.0):
     from mathutils import Matrix
 

@@ -133,21 +133,6 @@ def test_bad_input_exits_2_with_one_reason_and_writes_nothing(broken_inputs, tmp
 # -- the add-on: Preview Silhouettes ------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    import softras_blender
-
-    previous = os.environ.get("SOFTRAS_USER_DIR")
-    os.environ["SOFTRAS_USER_DIR"] = str(tmp_path_factory.mktemp("softras_user"))
-    softras_blender.register()
-    yield softras_blender
-    softras_blender.unregister()
-    if previous is None:
-        del os.environ["SOFTRAS_USER_DIR"]
-    else:
-        os.environ["SOFTRAS_USER_DIR"] = previous
-
-
 def test_preview_shows_each_cameras_mask_and_clear_removes_it(addon):
     from softras_blender import camera_import, preview, runtime
 

@@ -158,22 +158,6 @@ def test_backend_reports_bad_photos_and_stops_a_cancelled_solve(tmp_path):
 # --- the add-on -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    pytest.importorskip("bpy")
-    import softras_blender
-
-    previous = os.environ.get("SOFTRAS_USER_DIR")
-    os.environ["SOFTRAS_USER_DIR"] = str(tmp_path_factory.mktemp("softras_user"))
-    softras_blender.register()
-    yield softras_blender
-    softras_blender.unregister()
-    if previous is None:
-        del os.environ["SOFTRAS_USER_DIR"]
-    else:
-        os.environ["SOFTRAS_USER_DIR"] = previous
-
-
 @pytest.fixture
 def scene(addon):
     import bpy

@@ -6,7 +6,6 @@ both camera sets are fitted from the visual hull by the add-on's operator."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
@@ -21,21 +20,6 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 VIEWS, ELEVATION, DISTANCE, LENS = 8, 20.0, 4.0, 50.0
 SIZE = (64, 48)
-
-
-@pytest.fixture(scope="module")
-def addon(tmp_path_factory):
-    import softras_blender
-
-    previous = os.environ.get("SOFTRAS_USER_DIR")
-    os.environ["SOFTRAS_USER_DIR"] = str(tmp_path_factory.mktemp("softras_user"))
-    softras_blender.register()
-    yield softras_blender
-    softras_blender.unregister()
-    if previous is None:
-        del os.environ["SOFTRAS_USER_DIR"]
-    else:
-        os.environ["SOFTRAS_USER_DIR"] = previous
 
 
 def hand_placed_cameras(scene) -> list:
