@@ -434,7 +434,8 @@ def test_panel_shows_the_settings_then_progress_while_fitting(scene, addon):
     assert ("operator", "softras.fit") in idle
     options = draw(panels.SOFTRAS_PT_fit_options, bpy.context)
     assert [entry[1] for entry in options] == ["iterations", "resolution", "sharpness",
-                                               "smoothness", "fit_colors", "held_out_every"]
+                                               "smoothness", "fit_colors", "refine_cameras",
+                                               "held_out_every"]
     running = SimpleNamespace(progress=0.5, progress_text="12 / 24", mean_iou=0.75,
                               losses={"silhouette": 0.25},
                               hello={"threads": {"count": 2, "wait_policy": "PASSIVE"}})
