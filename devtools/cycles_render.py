@@ -26,6 +26,7 @@ import bpy
 import mathutils
 import numpy as np
 
+from backend.core.mesh_arrays import triangle_arrays
 from softras_blender.scene_export import camera_params  # noqa: F401 (re-exported)
 from softras_blender.silhouettes import linear_to_srgb, srgb_to_linear  # noqa: F401 (re-exported)
 
@@ -72,15 +73,8 @@ def add_mesh(vertices, faces, name: str = "mesh", scene=None) -> bpy.types.Objec
 
     vertices: (V, 3) float world coordinates; faces: (F, 3) integer vertex indices.
     """
-    vertices = np.asarray(vertices, dtype=np.float32)
-    faces = np.asarray(faces)
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise ValueError(f"vertices must have shape (V, 3), got {vertices.shape}")
-    if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
-        raise ValueError(f"faces must be an integer array of shape (F, 3), got {faces.shape} "
-                         f"{faces.dtype}")
-    if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
-        raise ValueError(f"face indices must lie in [0, {len(vertices) - 1}]")
+    vertices, faces = triangle_arrays(vertices, faces)
+    vertices = vertices.astype(np.float32)
     scene = scene or bpy.context.scene
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(len(vertices))

@@ -12,25 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.mesh_arrays import triangle_arrays
+
 # The thresholds `quality_stats` counts triangles under, in degrees.
 SLIVER_THRESHOLDS = (10.0, 20.0)
-
-
-def _check_mesh(vertices, faces) -> tuple[np.ndarray, np.ndarray]:
-    """vertices as (V, 3) float64 and faces as (F, 3) int64, or ValueError saying what is wrong."""
-    vertices = np.asarray(vertices, dtype=np.float64)
-    faces = np.asarray(faces)
-    if vertices.ndim != 2 or vertices.shape[1] != 3:
-        raise ValueError(f"vertices must have shape (V, 3), got {vertices.shape}")
-    if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
-        raise ValueError(f"faces must be an integer array of shape (F, 3) (triangles; "
-                         f"triangulate polygons first), got {faces.shape} {faces.dtype}")
-    if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
-        raise ValueError(f"face indices must lie in [0, {len(vertices) - 1}], got "
-                         f"[{faces.min()}, {faces.max()}]")
-    if not np.all(np.isfinite(vertices)):
-        raise ValueError("vertices must be finite (found NaN or infinity)")
-    return vertices, faces.astype(np.int64)
 
 
 def corner_angles(vertices, faces) -> np.ndarray:
@@ -39,7 +24,7 @@ def corner_angles(vertices, faces) -> np.ndarray:
     vertices: (V, 3) float; faces: (F, 3) integer. Returns (F, 3) float64, column k
     the angle at corner ``faces[:, k]``; a corner with a zero-length side gets 0.
     """
-    vertices, faces = _check_mesh(vertices, faces)
+    vertices, faces = triangle_arrays(vertices, faces)
     corners = vertices[faces]  # (F, 3, 3): triangle, corner, xyz
     to_next = np.roll(corners, -1, axis=1) - corners
     to_prev = np.roll(corners, 1, axis=1) - corners
