@@ -44,7 +44,7 @@ from backend.segment.key import key_silhouette  # noqa: E402
 from backend.segment.reference import TEMPLE_CLOTH, cloth_region, iou, recipe_mask  # noqa: E402
 from backend.segment.synthetic import BACKDROPS, synthetic_views  # noqa: E402
 
-TEMPLE = REPO_ROOT.parent / "shared" / "data" / "photos" / "templeSparseRing"
+TEMPLE = REPO_ROOT / "data" / "templeSparseRing"  # the copy the repository ships
 
 
 class Timer:

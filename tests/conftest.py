@@ -21,6 +21,8 @@ from backend.render.renderer import Cameras  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+# The 16 calibrated temple photos the repository ships (data/templeSparseRing/README.txt).
+TEMPLE_DIR = REPO / "data" / "templeSparseRing"
 
 
 def has_cuda() -> bool:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import TEMPLE_DIR
 from PIL import Image
 
 from backend.core import camera_files as cf
@@ -29,7 +29,7 @@ from backend.core.camera import (
     world_to_camera,
 )
 
-TEMPLE = SHARED_DATA / "photos" / "templeSparseRing" / "templeSR_par.txt"
+TEMPLE = TEMPLE_DIR / "templeSR_par.txt"
 TOLERANCE_PX = 0.01
 RNG = np.random.default_rng(7)
 

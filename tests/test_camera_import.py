@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import TEMPLE_DIR
 
 bpy = pytest.importorskip("bpy")
 
@@ -25,7 +25,7 @@ from backend.core.camera import CameraMatrices, look_at, world_to_camera  # noqa
 
 pytestmark = pytest.mark.blender
 
-TEMPLE = SHARED_DATA / "photos" / "templeSparseRing" / "templeSR_par.txt"
+TEMPLE = TEMPLE_DIR / "templeSR_par.txt"
 RNG = np.random.default_rng(3)
 
 

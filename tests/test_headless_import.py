@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TEMPLE_DIR
 
 bpy = pytest.importorskip("bpy")
 
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.blender, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 HEADLESS = REPO / "softras_blender" / "headless.py"
-TEMPLE = REPO / "data" / "templeSparseRing"
+TEMPLE = TEMPLE_DIR
 TEMPLE_PAR = TEMPLE / "templeSR_par.txt"
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import SHARED_DATA
+from conftest import TEMPLE_DIR
 
 from backend.core.camera_files import read_camera_file
 from backend.segment.cleanup import clean_mask, fill_holes, remove_specks
@@ -27,7 +27,7 @@ from backend.segment.sources import (
 )
 from backend.segment.synthetic import synthetic_views
 
-TEMPLE = SHARED_DATA / "photos" / "templeSparseRing"
+TEMPLE = TEMPLE_DIR
 
 # Measured at 160x120 (the outline is where nearly all disagreement is): every
 # backdrop gives 0.97-0.98; the bar leaves room for noise, not for a missed part.
