@@ -72,7 +72,8 @@ HULL_REFERENCE = "(carved hull, no fit)"
 PICTURE_TILE = 256  # pixels per shaded render
 PICTURE_VIEW = 1  # the held-out camera the shaded renders look through (30 deg up)
 PICTURE_COLUMNS = (("target", "target"), ("visual hull", "hull mesh"),
-                   ("fit from the cube", "cube"), ("fit from the hull", "hull"))
+                   ("fit from the cube", "cube"), ("fit from the sphere", "sphere"),
+                   ("fit from the hull", "hull"))
 
 
 @dataclasses.dataclass
