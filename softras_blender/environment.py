@@ -9,7 +9,8 @@ lacks. Where the backend runs is the user's choice in the preferences:
 - "BLENDER": Blender's own Python;
 - "MANAGED": a virtual environment in the add-on's user folder, created by the
   "Install backend" button (torch, numpy, scikit-image, and CuPy for the CUDA
-  version `nvidia-smi` reports);
+  version `nvidia-smi` reports), and downloads the salient-object model for silhouettes
+  "Learned" (`model_download`);
 - "CUSTOM": any command line that starts a Python with those packages
   (``/opt/envs/softras/bin/python``, ``conda run -n softras python``).
 
@@ -28,6 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from . import model_download
 from .backend.core.requirements import distribution_name
 
 BACKEND_MODES = ("AUTO", "BLENDER", "MANAGED", "CUSTOM")
@@ -142,6 +144,18 @@ def install_steps(base_python: str, venv_dir: str | os.PathLike, requirements: l
     if cuda:
         steps.append((f"Install CuPy for CUDA {cuda[0]}.{cuda[1]}", pip + [cupy_package(cuda)]))
     return steps
+
+
+def model_step(base_python: str, user_dir: str | os.PathLike,
+               url: str = model_download.MODEL_URL, sha256: str = model_download.MODEL_SHA256,
+               size: int = model_download.MODEL_SIZE) -> tuple[str, list[str]]:
+    """The installer's step that downloads the salient-object model (`model_download`)
+    into the add-on's user folder, checked against its pinned SHA-256 and size, as
+    (label, argv). url, sha256, size: the pinned model's unless a test names another."""
+    script = Path(model_download.__file__).resolve()
+    argv = [base_python, str(script), url, sha256, str(size),
+            str(model_download.model_path(user_dir))]
+    return (f"Download the salient-object model ({model_download.MODEL_FILE})", argv)
 
 
 class StepRunner:

@@ -12,15 +12,16 @@ cameras' background images), --iterations, --resolution, --sharpness, --smoothne
 --backend-python, --output OUT.blend, --export-obj OUT.obj, --report report.json.
 
 Real captures: --silhouettes auto|alpha|masks|key|learned (default auto), --masks DIR,
---model FILE.onnx, --keep-flagged, --no-check, --contact-sheet OUT.png (photo | mask |
-fitted outline per camera). --import FILE (a COLMAP model, transforms.json or
-Middlebury *_par.txt; --images DIR is then where its images are; without --scene it
-starts from an empty scene) and --turntable N (with --turntable-step, -start,
--elevations, -distance, -lens, -centre, -axis, -clockwise; images from --images in
-sorted order) add cameras first; --iterations 0 with --output only adds them and saves.
---solve-cameras --images DIR (photos without cameras; --solve-ordering, --solve-up,
---known-distance) solves their cameras by structure from motion (pycolmap, in the
-backend) and adds them the same way.
+--model FILE.onnx (default: the one Install Backend downloaded), --keep-flagged,
+--no-check, --contact-sheet OUT.png (photo | mask | fitted outline per camera).
+--import FILE (a COLMAP model, transforms.json or Middlebury *_par.txt; --images DIR is
+then where its images are; without --scene it starts from an empty scene) and
+--turntable N (with --turntable-step, -start, -elevations, -distance, -lens, -centre,
+-axis, -clockwise; images from --images in sorted order) add cameras first; --iterations
+0 with --output only adds them and saves. --solve-cameras --images DIR (photos without
+cameras; --solve-ordering, --solve-up or --solve-gravity, --known-distance) solves
+their cameras by structure from motion (pycolmap, in the backend) and adds them the
+same way.
 
 The input .blend is never written: --output must name another file. Bad input exits
 with status 2 and a one-line reason on stderr, a failed fit with status 1.
@@ -102,7 +103,7 @@ def add_capture_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--masks", type=Path, help="folder with one mask per image, named "
                         "after it (white = object)")
     parser.add_argument("--model", type=Path, help="salient-object ONNX model (--silhouettes "
-                        "learned)")
+                        "learned; default: the u2netp.onnx that Install Backend downloaded)")
     parser.add_argument("--keep-flagged", action="store_true", help="fit the views the "
                         "multi-view check flags too (default: leave them out)")
     parser.add_argument("--no-check", action="store_true", help="skip the multi-view check")
@@ -131,6 +132,9 @@ def add_solve_args(parser: argparse.ArgumentParser) -> None:
                         "next few in file order (default auto: every pair up to 60 photos)")
     parser.add_argument("--solve-up", choices=("auto", "ring", "camera"), default="auto",
                         help="up (+Z) from the camera ring's axis or the photos' own up")
+    parser.add_argument("--solve-gravity", help="x,y,z: the direction gravity pulls in the "
+                        "photos (x right, y up, z towards you; 0,-1,0 for upright photos), "
+                        "instead of --solve-up")
     parser.add_argument("--known-distance", type=float, default=0.0,
                         help="the cameras' typical distance from the subject (sets the scale; "
                         "default: the subject about 1 unit in radius)")
@@ -149,10 +153,17 @@ def solve_cameras(args, scene):
     if args.known_distance < 0:
         raise BadInput(f"--known-distance {args.known_distance}: give a positive distance "
                        "(0: unit size)")
+    gravity = None
+    if args.solve_gravity is not None:
+        if args.solve_up != "auto":
+            raise BadInput("--solve-gravity sets which way is up: leave out --solve-up")
+        gravity = vector(args.solve_gravity, "--solve-gravity")
     settings = scene.softras
     settings.solve_folder = str(args.images.resolve())
     settings.solve_ordering = args.solve_ordering.upper()
-    settings.solve_up = args.solve_up.upper()
+    settings.solve_up = args.solve_up.upper() if gravity is None else "GRAVITY"
+    if gravity is not None:
+        settings.solve_gravity = gravity
     settings.solve_distance = args.known_distance
     try:
         bpy.ops.softras.solve_cameras(backend_command=args.backend_python,
@@ -267,9 +278,6 @@ def configure_silhouettes(args, settings) -> None:
         if not args.model.is_file():
             raise BadInput(f"--model {args.model}: no such file")
         settings.model_path = str(args.model.resolve())
-    elif args.silhouettes == "learned":
-        raise BadInput("--silhouettes learned needs --model FILE.onnx (a U2-Net-class "
-                       "salient-object model)")
     settings.keep_flagged = args.keep_flagged
     settings.check_views = not args.no_check
 
@@ -298,18 +306,20 @@ def add_cameras(args, scene):
     return None
 
 
+def vector(text: str, option: str) -> tuple[float, float, float]:
+    """An option's "x,y,z" as three floats; BadInput naming the option otherwise."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise BadInput(f"{option} {text}: give three numbers x,y,z")
+    return values
+
+
 def turntable_spec(args):
     """The `camera_import.TurntableSpec` of the --turntable options."""
     from softras_blender import camera_import
-
-    def vector(text: str, option: str) -> tuple:
-        try:
-            values = tuple(float(v) for v in text.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != 3:
-            raise BadInput(f"{option} {text}: give three numbers x,y,z")
-        return values
 
     try:
         elevations = camera_import.parse_angles(args.turntable_elevations)

@@ -9,24 +9,12 @@ from __future__ import annotations
 import sys
 
 import bpy
-from bpy.props import EnumProperty, IntProperty, StringProperty
+from bpy.props import EnumProperty, StringProperty
 from bpy.types import Operator
 
 from . import fit_options, runtime
-from .modal import TimerModal
+from .modal import BackendOptions, TimerModal, error_text, redraw_areas, refuse_while_busy
 from .runtime import Outcome, state
-
-
-def _message(exc: BaseException) -> str:
-    return str(exc).strip() or type(exc).__name__
-
-
-def redraw_areas(context, kinds: set[str]) -> None:
-    """Redraw every area of these kinds (e.g. {"VIEW_3D"}) in every window."""
-    for window in context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type in kinds:
-                area.tag_redraw()
 
 
 def flagged_lines(silhouettes: dict | None) -> list[str]:
@@ -34,7 +22,14 @@ def flagged_lines(silhouettes: dict | None) -> list[str]:
     return [f"Flagged: {f['reason']}" for f in (silhouettes or {}).get("flagged", [])]
 
 
-class SOFTRAS_OT_fit(TimerModal, Operator):
+OFFLINE_INSTALL = (
+    "Blender is set to work offline: allow online access in Preferences > System > Network "
+    "to download the backend's packages and the salient-object model; without it, set up a "
+    "custom backend command and, for silhouettes Learned, name a U2-Net-class ONNX file "
+    "(e.g. u2netp.onnx) in the panel's Model")
+
+
+class SOFTRAS_OT_fit(TimerModal, BackendOptions, Operator):
     """Deform the mesh until its soft silhouettes match the cameras' reference images"""
 
     bl_idname = "softras.fit"
@@ -46,12 +41,6 @@ class SOFTRAS_OT_fit(TimerModal, Operator):
         items=(("PREFERENCES", "From Preferences", "The device chosen in the preferences"),
                *fit_options.DEVICE_ITEMS),
         default="PREFERENCES", options={"HIDDEN", "SKIP_SAVE"})
-    backend_command: StringProperty(
-        name="Backend Python", default="", options={"HIDDEN", "SKIP_SAVE"},
-        description="Command line of the backend's Python (empty: from the preferences)")
-    threads: IntProperty(
-        name="CPU Threads", default=-1, min=-1, options={"HIDDEN", "SKIP_SAVE"},
-        description="The backend's CPU threads (-1: from the preferences, 0: automatic)")
     contact_sheet: StringProperty(
         name="Contact Sheet", default="", options={"HIDDEN", "SKIP_SAVE"},
         description="Image file the backend writes after the fit: photo | mask | fitted "
@@ -59,47 +48,20 @@ class SOFTRAS_OT_fit(TimerModal, Operator):
 
     @classmethod
     def poll(cls, context):
-        if state.session is not None:
-            cls.poll_message_set("A fit is already running")
+        if not refuse_while_busy(cls):
             return False
         if context.mode != "OBJECT":
             cls.poll_message_set("Switch to Object Mode to fit")
             return False
         return True
 
-    # The background path: run to the end right here (timers never fire there).
-    def execute(self, context):
-        session = self._begin(context, verbose=True)
-        if session is None:
-            return {"CANCELLED"}
-        try:
-            session.run()
-        except KeyboardInterrupt:
-            session.abort()
-            state.session, state.outcome = None, Outcome.CANCELLED
-            self.report({"WARNING"}, "Fit interrupted; the mesh was restored")
-            return {"CANCELLED"}
-        except Exception as exc:
-            return self._fail(session, exc)
-        return self._finish(context, session)
+    # TimerModal runs the fit: execute() to the end (background), or modal() from a timer.
 
-    # The UI path (TimerModal.invoke): modal() fed by a timer.
-    def modal(self, context, event):
-        session = self._session
-        if event.type == "ESC" or session.cancel_requested:
-            return self._cancel(context, session)
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        try:
-            finished = session.step()
-        except Exception as exc:
-            self._stop_timer(context)
-            return self._fail(session, exc)
+    def _cancel_asked(self, session) -> bool:
+        return session.cancel_requested  # the Cancel Fit button
+
+    def _show_progress(self, context, session) -> None:
         redraw_areas(context, {"VIEW_3D", "PROPERTIES"})
-        if finished:
-            self._stop_timer(context)
-            return self._finish(context, session)
-        return {"PASS_THROUGH"}
 
     def cancel(self, context):
         """Blender ends the operator (file load, quit): stop and restore."""
@@ -111,10 +73,9 @@ class SOFTRAS_OT_fit(TimerModal, Operator):
 
     # -- shared steps -----------------------------------------------------------------
 
-    def _begin(self, context, verbose: bool = False):
+    def _begin(self, context):
         """Export the scene and launch the backend; None (after a report) when either
-        fails."""
-        from .environment import split_command
+        fails. In background mode the fit prints its progress."""
         from .scene_export import ExportError, export_request, with_contact_sheet
         from .session import FitSession
 
@@ -124,16 +85,14 @@ class SOFTRAS_OT_fit(TimerModal, Operator):
             request = export_request(context, device)
             if self.contact_sheet:
                 request = with_contact_sheet(request, self.contact_sheet)
-            session = FitSession(request, verbose=verbose)
+            session = FitSession(request, verbose=bpy.app.background)
         except (ExportError, ValueError) as exc:
-            return self._refuse(Outcome.BAD_INPUT, _message(exc))
+            return self._refuse(Outcome.BAD_INPUT, error_text(exc))
         try:
-            launch = runtime.backend_launch(settings, split_command(self.backend_command),
-                                            None if self.threads < 0 else self.threads)
-            session.start(launch)
+            session.start(self._backend_launch(settings))
         except Exception as exc:  # e.g. the backend's Python cannot be started
-            return self._refuse(Outcome.FAILED, f"Cannot start the fit: {_message(exc)}")
-        self._session = session
+            return self._refuse(Outcome.FAILED, f"Cannot start the fit: {error_text(exc)}")
+        self._job = session
         self._timer = None
         state.session, state.status, state.outcome = session, [], None
         return session
@@ -175,19 +134,15 @@ class SOFTRAS_OT_fit(TimerModal, Operator):
         self.report({"INFO"}, "Fit cancelled; the mesh was restored")
         return {"CANCELLED"}
 
-    def _fail(self, session, exc):
+    def _fail(self, context, session, exc):
         state.session = None
         session.abort()
-        message = _message(exc)
-        state.status = ["Fit failed: " + message.splitlines()[0]]
+        state.status = self._report_failure("Fit", exc)
         # The backend's "fit" errors are bad input (a photo with no object, every view
         # flagged): fix and retry.
         bad_input = getattr(exc, "kind", None) == "fit"
         state.outcome = Outcome.BAD_INPUT if bad_input else Outcome.FAILED
-        print(f"SoftRas: fit failed: {message}", file=sys.stderr, flush=True)
-        self.report({"ERROR"}, f"Fit failed: {message}")
         return {"CANCELLED"}
-
 
 
 class SOFTRAS_OT_cancel_fit(Operator):
@@ -225,7 +180,7 @@ class SOFTRAS_OT_check_backend(Operator):
                 client.shutdown()
         except (ValueError, BackendError) as exc:
             state.backend_report = ["Backend not usable:"] + str(exc).splitlines()[:12]
-            self.report({"ERROR"}, f"Backend not usable: {_message(exc)}")
+            self.report({"ERROR"}, f"Backend not usable: {error_text(exc)}")
             return {"CANCELLED"}
         lines = [
             f"Python {hello.get('python')}: {hello.get('python_executable', ' '.join(python))}",
@@ -244,7 +199,8 @@ class SOFTRAS_OT_check_backend(Operator):
 
 class SOFTRAS_OT_install_backend(Operator):
     """Create the managed environment in the add-on's user folder and install PyTorch,
-    NumPy and (with an NVIDIA GPU) CuPy into it. Downloads about 1-3 GB"""
+    NumPy and (with an NVIDIA GPU) CuPy into it, and download the salient-object model for
+    silhouettes Learned. Downloads about 1-3 GB"""
 
     bl_idname = "softras.install_backend"
     bl_label = "Install Backend"
@@ -264,14 +220,14 @@ class SOFTRAS_OT_install_backend(Operator):
         from .client import backend_root
 
         if not bpy.app.online_access:
-            self.report({"ERROR"}, "Blender is set to work offline: allow online access in "
-                        "Preferences > System > Network to download the backend's packages")
+            self.report({"ERROR"}, OFFLINE_INSTALL)
             return None
         user = runtime.user_dir()
         try:
             steps = environment.install_steps(
                 sys.executable, user / environment.VENV_FOLDER,
                 backend_requirements(backend_root()), environment.detect_cuda())
+            steps.append(environment.model_step(sys.executable, user))
         except ValueError as exc:  # no requirements list, or no CuPy build for this CUDA
             self.report({"ERROR"}, str(exc))
             return None

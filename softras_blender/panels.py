@@ -14,14 +14,26 @@ class SoftRasPanelMixin:
     bl_category = "SoftRas"
 
 
+def split_layout(layout):
+    """A panel's layout set to label properties on the left, without keyframe dots."""
+    layout.use_property_split = True
+    layout.use_property_decorate = False
+    return layout
+
+
+class SoftRasSubPanelMixin(SoftRasPanelMixin):
+    """A sub-panel of "Fit to Images", closed until opened."""
+
+    bl_parent_id = "SOFTRAS_PT_fit"
+    bl_options = {"DEFAULT_CLOSED"}
+
+
 class SOFTRAS_PT_fit(SoftRasPanelMixin, Panel):
     bl_label = "Fit to Images"
     bl_idname = "SOFTRAS_PT_fit"
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = split_layout(self.layout)
         settings = context.scene.softras
         session = runtime.running_session()
 
@@ -87,16 +99,12 @@ def draw_silhouette_settings(layout, settings) -> None:
         layout.label(text=line)
 
 
-class SOFTRAS_PT_fit_options(SoftRasPanelMixin, Panel):
+class SOFTRAS_PT_fit_options(SoftRasSubPanelMixin, Panel):
     bl_label = "Options"
     bl_idname = "SOFTRAS_PT_fit_options"
-    bl_parent_id = "SOFTRAS_PT_fit"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = split_layout(self.layout)
         settings = context.scene.softras
         layout.enabled = runtime.running_session() is None
         col = layout.column()

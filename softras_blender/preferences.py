@@ -7,7 +7,7 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 from bpy.types import AddonPreferences
 
-from . import environment, fit_options, operators, runtime
+from . import environment, fit_options, model_download, operators, runtime
 
 
 class SoftRasPreferences(AddonPreferences):
@@ -58,6 +58,9 @@ class SoftRasPreferences(AddonPreferences):
         venv = runtime.user_dir() / environment.VENV_FOLDER
         state = "installed" if environment.venv_python(venv).is_file() else "not installed"
         box.label(text=f"{venv} ({state})")
+        model = model_download.installed_model(runtime.user_dir())
+        box.label(text=f"Salient-object model: {model}" if model else
+                  "Salient-object model: not installed (Learned then needs a model file)")
         if not bpy.app.online_access:
             box.label(text="Online access is off (Preferences > System > Network): "
                            "installing needs it", icon="INFO")

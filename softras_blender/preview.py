@@ -10,16 +10,13 @@ images are recognised by their name prefix, `PREVIEW_PREFIX`.
 
 from __future__ import annotations
 
-import sys
-import time
-
 import bpy
 import numpy as np
 from bpy.types import Operator
 
 from . import runtime
 from .backend.core import messages
-from .modal import TimerModal
+from .modal import TimerModal, refuse_while_busy
 from .runtime import state
 
 PREVIEW_PREFIX = "SoftRas Mask "
@@ -146,32 +143,10 @@ class SOFTRAS_OT_preview_silhouettes(TimerModal, Operator):
 
     @classmethod
     def poll(cls, context):
-        return state.preview is None and state.session is None
+        return refuse_while_busy(cls)
 
-    def execute(self, context):  # background mode: wait for the masks
-        job = self._begin(context)
-        if job is None:
-            return {"CANCELLED"}
-        try:
-            while not job.step():
-                time.sleep(0.05)
-        except Exception as exc:
-            return self._fail(job, exc)
-        return self._finish(context, job)
-
-    def modal(self, context, event):
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        job = state.preview
-        try:
-            finished = job.step()
-        except Exception as exc:
-            self._stop_timer(context)
-            return self._fail(job, exc)
-        if not finished:
-            return {"RUNNING_MODAL"}
-        self._stop_timer(context)
-        return self._finish(context, job)
+    # TimerModal runs the preview: execute() to the end (background), or modal() from a
+    # timer; Esc cancels.
 
     def _begin(self, context):
         from .scene_export import ExportError
@@ -186,6 +161,7 @@ class SOFTRAS_OT_preview_silhouettes(TimerModal, Operator):
         except Exception as exc:
             self.report({"ERROR"}, f"Cannot start the backend: {exc}")
             return None
+        self._job, self._timer = job, None
         state.preview, state.preview_status = job, []
         return job
 
@@ -197,12 +173,18 @@ class SOFTRAS_OT_preview_silhouettes(TimerModal, Operator):
         self.report({"INFO"}, "; ".join(state.preview_status))
         return {"FINISHED"}
 
-    def _fail(self, job, exc):
+    def _fail(self, context, job, exc):
         state.preview = None
         job.close()
-        state.preview_status = ["Preview failed: " + str(exc).splitlines()[0]]
-        print(f"SoftRas: preview failed: {exc}", file=sys.stderr, flush=True)
-        self.report({"ERROR"}, f"Preview failed: {exc}")
+        state.preview_status = self._report_failure("Preview", exc)
+        return {"CANCELLED"}
+
+    def _cancel(self, context, job):
+        self._stop_timer(context)
+        state.preview = None
+        job.close()
+        state.preview_status = ["Preview cancelled"]
+        self.report({"INFO"}, state.preview_status[0])
         return {"CANCELLED"}
 
 

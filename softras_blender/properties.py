@@ -11,6 +11,7 @@ from bpy.props import (
     BoolProperty,
     EnumProperty,
     FloatProperty,
+    FloatVectorProperty,
     IntProperty,
     PointerProperty,
     StringProperty,
@@ -114,8 +115,10 @@ class SoftRasSettings(PropertyGroup):
     mask_folder: StringProperty(name="Masks", subtype="DIR_PATH",
                                 description="Folder with one mask per image, named after it "
                                             "(photo.png or photo_mask.png; white = object)")
-    model_path: StringProperty(name="Model", subtype="FILE_PATH",
-                               description="The salient-object ONNX model for Learned")
+    model_path: StringProperty(
+        name="Model", subtype="FILE_PATH",
+        description="The salient-object ONNX model for Learned (empty: the u2netp.onnx that "
+                    "Install Backend downloads when online access is allowed)")
     check_views: BoolProperty(
         name="Check Views", default=True,
         description="Compare the views' silhouettes through a common visual hull; views that "
@@ -155,9 +158,17 @@ class SoftRasSettings(PropertyGroup):
              "subject, else the photos' own up"),
             ("RING", "Camera Ring", "The axis of the ring of cameras around the subject"),
             ("CAMERA", "Photos' Up", "The photos' own up direction (photos taken upright)"),
+            ("GRAVITY", "Gravity", "The direction gravity pulls in the photos, as you give "
+             "it (Gravity)"),
         ),
         default="AUTO",
     )
+    solve_gravity: FloatVectorProperty(
+        name="Gravity", size=3, default=(0.0, -1.0, 0.0), subtype="XYZ",
+        description="The direction gravity pulls in the photos: x to the photo's right, y up "
+                    "it, z out of it towards you (0, -1, 0: upright photos; -1, 0, 0: photos "
+                    "taken with the camera's top turned to the left); the solved scene is turned "
+                    "so that it points down")
     solve_distance: FloatProperty(
         name="Camera Distance", default=0.0, min=0.0, subtype="DISTANCE",
         description="The cameras' typical distance from the subject, if known: sets the "

@@ -149,6 +149,16 @@ class State:
 state = State()
 
 
+def running_job() -> str | None:
+    """The backend job running now ("a fit", "a camera solve", "a silhouette preview"), or
+    None; the operators start one at a time."""
+    for job, name in ((state.session, "a fit"), (state.solve, "a camera solve"),
+                      (state.preview, "a silhouette preview")):
+        if job is not None:
+            return name
+    return None
+
+
 def running_session():
     """The fit running in the UI, or None."""
     return state.session

@@ -14,7 +14,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import fit_options, silhouettes
+from . import fit_options, model_download, runtime, silhouettes
 from .backend.core import camera as camera_model
 from .backend.core import mask_files, messages
 from .backend.core.messages import View
@@ -97,13 +97,27 @@ def silhouette_request(settings, contact_sheet: str | None = None) -> dict | Non
     settings; None for mode ALPHA (the images' alpha as it is, checked here)."""
     if settings.silhouettes == "ALPHA":
         return None
-    model = bpy.path.abspath(settings.model_path) if settings.model_path else None
-    if settings.silhouettes == "LEARNED" and not model:
-        raise ExportError("silhouettes 'Learned' needs a salient-object model file (U2-Net "
-                          "class, ONNX): choose one in the panel")
+    model = salient_model(settings) if settings.silhouettes == "LEARNED" else None
     return messages.silhouettes_settings(settings.silhouettes.lower(), model,
                                          settings.check_views, settings.keep_flagged,
                                          contact_sheet)
+
+
+def salient_model(settings) -> str:
+    """The salient-object model for silhouettes "Learned": the file named in the panel,
+    else the one "Install Backend" downloaded into the add-on's user folder. ExportError
+    saying how to get one when there is neither."""
+    if settings.model_path:
+        return bpy.path.abspath(settings.model_path)
+    installed = model_download.installed_model(runtime.user_dir())
+    if installed is None:
+        raise ExportError(
+            "silhouettes 'Learned' needs a salient-object model (U2-Net class, ONNX) and none "
+            f"is installed ({model_download.model_path(runtime.user_dir())}): press Install "
+            "Backend in the add-on's preferences with online access allowed (it downloads "
+            f"{model_download.MODEL_FILE}), or name a model file (the panel's Model; "
+            "--model headless)")
+    return str(installed)
 
 
 def with_contact_sheet(request: FitRequest, path: str) -> FitRequest:

@@ -117,13 +117,6 @@ class FitSession:
         self._apply_result(self.done)
         return True
 
-    def run(self, interval: float = 0.05) -> dict:
-        """Run to the end synchronously (background mode; `start` first); returns
-        `summary`."""
-        while not self.step():
-            time.sleep(interval)
-        return self.summary()
-
     def cancel(self) -> None:
         """Stop the backend and put the mesh back as it was."""
         self.abort()

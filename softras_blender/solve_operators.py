@@ -7,7 +7,9 @@ temporary folder; the add-on imports it like any COLMAP model
 background image, in a new collection named after the photo folder) and points the fit
 at that collection. The backend chose the frame (`backend.sfm.normalise_scene`): Z up
 (the camera ring's axis, or the photos' own up), the subject at the origin, about unit
-radius or the scale of a camera distance the user gives.
+radius or the scale of a camera distance the user gives. When the user names the
+direction of gravity in the photos instead, the add-on turns the solved cameras about
+the subject so that it points down (`gravity_rotation`) before adding them.
 
 Nothing in the scene changes until a solve succeeded: bad input, photos that do not
 register, a cancel (Esc) or a missing pycolmap leave it as it was. The live state is
@@ -17,20 +19,19 @@ register, a cancel (Esc) or a missing pycolmap leave it as it was. The live stat
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
-from bpy.props import IntProperty, StringProperty
+import numpy as np
 from bpy.types import Operator, Panel
 
 from . import runtime
 from .client import BackendClient
-from .modal import TimerModal
-from .panels import SoftRasPanelMixin
+from .modal import BackendOptions, TimerModal, error_text, redraw_areas, refuse_while_busy
+from .panels import SoftRasSubPanelMixin, split_layout
 from .runtime import state
 
 STAGES = ("features", "matching", "mapping")  # backend.sfm.STAGES, in the order they run
@@ -55,12 +56,16 @@ class SolveRequest:
     up: "auto", "ring", "camera", or the up direction (3 floats) in the solved frame.
     known_distance: the cameras' median distance to the subject in scene units, or None
     (the subject at about unit radius).
+    gravity: the direction gravity pulls in the photos (3 floats, x right, y up, z towards
+    the viewer; (0, -1, 0) for upright photos), or None; the solved scene is then turned
+    so it points down (`gravity_rotation`) from the backend's "auto" frame.
     """
 
     images: str
     ordering: str = "auto"
     up: str | tuple[float, float, float] = "auto"
     known_distance: float | None = None
+    gravity: tuple[float, float, float] | None = None
 
 
 def solve_request(settings) -> SolveRequest:
@@ -71,13 +76,47 @@ def solve_request(settings) -> SolveRequest:
     folder = Path(bpy.path.abspath(settings.solve_folder))
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder: choose the folder that holds the photos")
-    return SolveRequest(str(folder.resolve()), settings.solve_ordering.lower(),
-                        settings.solve_up.lower(), settings.solve_distance or None)
+    if settings.solve_up != "GRAVITY":
+        return SolveRequest(str(folder.resolve()), settings.solve_ordering.lower(),
+                            settings.solve_up.lower(), settings.solve_distance or None)
+    gravity = tuple(float(v) for v in settings.solve_gravity)
+    if not np.any(gravity):
+        raise ValueError("the gravity direction is zero: give the way gravity pulls in the "
+                         "photos (x right, y up, z towards you; 0, -1, 0 for upright photos)")
+    return SolveRequest(str(folder.resolve()), settings.solve_ordering.lower(), "auto",
+                        settings.solve_distance or None, gravity)
+
+
+def gravity_rotation(matrices: np.ndarray, gravity) -> np.ndarray:
+    """The (3, 3) float64 rotation that turns solved cameras so gravity points down (-Z).
+
+    matrices: (N, 4, 4) the cameras' matrix_world (Blender's camera axes: x right, y up,
+    looking down -z); gravity: (3,) the direction gravity pulls in the photos, in those
+    axes. The world's up is the mean over the cameras of gravity's opposite; the rotation
+    is the smallest that takes it to +Z, about the origin (the subject). ValueError when
+    that mean cancels out (the gravity given points every way among the solved cameras).
+    """
+    gravity = np.asarray(gravity, dtype=np.float64)
+    rotations = np.asarray(matrices, dtype=np.float64)[:, :3, :3]
+    rotations = rotations / np.linalg.norm(rotations, axis=1, keepdims=True)  # unit columns
+    up = -(rotations @ (gravity / np.linalg.norm(gravity))).mean(axis=0)
+    if np.linalg.norm(up) < 0.1:
+        raise ValueError(f"the gravity given, {tuple(gravity)} in the photos, points a "
+                         "different way in each solved camera: give the direction gravity "
+                         "pulls in the photos (x right, y up, z towards you)")
+    up /= np.linalg.norm(up)
+    cos = float(up[2])
+    if cos < -1.0 + 1e-9:  # upside down: half a turn about X
+        return np.diag([1.0, -1.0, -1.0])
+    axis = np.cross(up, [0.0, 0.0, 1.0])
+    skew = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]],
+                     [-axis[1], axis[0], 0.0]])
+    return np.eye(3) + skew + skew @ skew / (1.0 + cos)  # Rodrigues' formula
 
 
 class SolveSession:
     """One camera solve in its own backend process, stepped like a `session.FitSession`:
-    `start` launches the backend, `step` (from a timer, or `run` in a loop) sends the
+    `start` launches the backend, `step` (from a timer, or in a loop) sends the
     request once it is up and follows its progress until the cameras message (`reply`)."""
 
     def __init__(self, request: SolveRequest):
@@ -140,12 +179,6 @@ class SolveSession:
                 self.reply = event
         return self.reply is not None
 
-    def run(self, interval: float = 0.05) -> dict:
-        """Run to the end synchronously (background mode; `start` first); returns `reply`."""
-        while not self.step():
-            time.sleep(interval)
-        return self.reply
-
     def cancel(self) -> None:
         """Ask the backend to stop the solve (its COLMAP stage is killed), then shut it down."""
         if self.client is not None and self.sent:
@@ -161,13 +194,25 @@ class SolveSession:
             self._scratch = None
 
 
-def import_solution(scene, reply: dict) -> bpy.types.Collection:
+def import_solution(scene, reply: dict, gravity=None) -> bpy.types.Collection:
     """Add the cameras of a "solved" cameras message to ``scene`` through the COLMAP
-    import, and point the fit at them (the cameras' collection, their background
-    images). Raises CameraFileError or CameraImportError and then changes nothing."""
+    import, turned so that ``gravity`` (in the photos, see `gravity_rotation`; None: as
+    solved) points down, and point the fit at them (the cameras' collection, their
+    background images). Raises CameraFileError, CameraImportError or ValueError (the
+    gravity cancels out) and then changes nothing."""
     from . import camera_import
+    from .backend.core.camera_files import load_camera_file
 
-    collection = camera_import.import_cameras(scene, reply["model"], reply["image_dir"])
+    cameras = load_camera_file(reply["model"], reply["image_dir"])
+    if gravity is not None:
+        rotation = np.eye(4)
+        rotation[:3, :3] = gravity_rotation(
+            np.stack([np.asarray(c.settings["matrix_world"]) for c in cameras]), gravity)
+        for camera in cameras:
+            camera.settings["matrix_world"] = (rotation @ camera.settings["matrix_world"]
+                                               ).tolist()
+    collection = camera_import.add_cameras(scene, cameras,
+                                           camera_import.collection_name(reply["model"]))
     settings = scene.softras
     settings.camera_source = "COLLECTION"
     settings.camera_collection = collection
@@ -175,9 +220,10 @@ def import_solution(scene, reply: dict) -> bpy.types.Collection:
     return collection
 
 
-def summary_lines(reply: dict, collection_name: str) -> list[str]:
+def summary_lines(reply: dict, collection_name: str, gravity=None) -> list[str]:
     """What a finished solve did, for the panel and the report: how many photos became
-    cameras, the frame chosen, and each photo left out with the reason."""
+    cameras, the frame chosen (up from ``gravity`` when the user gave it), and each photo
+    left out with the reason."""
     registered = len(reply["registered"])
     total = registered + len(reply["unregistered"])
     seconds = sum(reply["stage_seconds"].values())
@@ -185,16 +231,14 @@ def summary_lines(reply: dict, collection_name: str) -> list[str]:
              f"in {seconds:.0f} s"]
     frame = reply.get("frame") or {}
     if "up" in frame:
-        lines.append(f"Up: {frame['up']}; scale: {frame['scale']}")
+        up = frame["up"] if gravity is None else (
+            "against the gravity given in the photos, " + ", ".join(f"{v:g}" for v in gravity))
+        lines.append(f"Up: {up}; scale: {frame['scale']}")
     lines += [f"Not registered: {u['image']}: {u['reason']}" for u in reply["unregistered"]]
     return lines
 
 
-def _message(exc: BaseException) -> str:
-    return str(exc).strip() or type(exc).__name__
-
-
-class SOFTRAS_OT_solve_cameras(TimerModal, Operator):
+class SOFTRAS_OT_solve_cameras(TimerModal, BackendOptions, Operator):
     """Find the cameras of a folder of photos taken without them (structure from motion) \
 and add them with their photos as background images, ready to fit"""
 
@@ -202,53 +246,18 @@ and add them with their photos as background images, ready to fit"""
     bl_label = "Solve Cameras"
     bl_options = {"REGISTER", "UNDO"}
 
-    backend_command: StringProperty(
-        name="Backend Python", default="", options={"HIDDEN", "SKIP_SAVE"},
-        description="Command line of the backend's Python (empty: from the preferences)")
-    threads: IntProperty(
-        name="CPU Threads", default=-1, min=-1, options={"HIDDEN", "SKIP_SAVE"},
-        description="The backend's CPU threads (-1: from the preferences, 0: automatic)")
-
     @classmethod
     def poll(cls, context):
-        if state.solve is not None:
-            cls.poll_message_set("A camera solve is already running")
-            return False
-        if state.session is not None:
-            cls.poll_message_set("A fit is running")
-            return False
-        return True
+        return refuse_while_busy(cls)
 
-    # The background path: run to the end right here (timers never fire there).
-    def execute(self, context):
-        session = self._begin(context)
-        if session is None:
-            return {"CANCELLED"}
-        try:
-            session.run()
-        except KeyboardInterrupt:
-            return self._cancel(context, session)
-        except Exception as exc:
-            return self._fail(context, session, exc)
-        return self._finish(context, session)
+    # TimerModal runs the solve: execute() to the end (background), or modal() from a
+    # timer; Esc cancels.
 
-    # The UI path (TimerModal.invoke): modal() fed by a timer; Esc cancels.
-
-    def modal(self, context, event):
-        session = self._session
-        if event.type == "ESC":
-            return self._cancel(context, session)
-        if event.type != "TIMER":
-            return {"PASS_THROUGH"}
-        try:
-            finished = session.step()
-        except Exception as exc:
-            return self._fail(context, session, exc)
+    def _show_progress(self, context, session) -> None:
         if context.workspace is not None:
             context.workspace.status_text_set(f"Solving cameras: {session.progress_text} "
                                               "(Esc cancels)")
-        _redraw(context)
-        return self._finish(context, session) if finished else {"PASS_THROUGH"}
+        redraw_areas(context, {"VIEW_3D"})
 
     def cancel(self, context):
         """Blender ends the operator (file load, quit): stop, change nothing."""
@@ -259,24 +268,19 @@ and add them with their photos as background images, ready to fit"""
 
     def _begin(self, context):
         """Read the settings and launch the backend; None (after a report) on failure."""
-        from .environment import split_command
-
         try:
             request = solve_request(context.scene.softras)
         except ValueError as exc:
-            self.report({"ERROR"}, f"Cannot solve cameras: {_message(exc)}")
+            self.report({"ERROR"}, f"Cannot solve cameras: {error_text(exc)}")
             return None
         session = SolveSession(request)
         try:
-            launch = runtime.backend_launch(runtime.backend_settings(context),
-                                            split_command(self.backend_command),
-                                            None if self.threads < 0 else self.threads)
-            session.start(launch)
+            session.start(self._backend_launch(runtime.backend_settings(context)))
         except Exception as exc:  # e.g. the backend's Python cannot be started
             session.close()
-            self.report({"ERROR"}, f"Cannot start the camera solve: {_message(exc)}")
+            self.report({"ERROR"}, f"Cannot start the camera solve: {error_text(exc)}")
             return None
-        self._session, self._timer, self._scene_name = session, None, context.scene.name
+        self._job, self._timer, self._scene_name = session, None, context.scene.name
         state.solve, state.solve_status = session, []
         return session
 
@@ -288,11 +292,12 @@ and add them with their photos as background images, ready to fit"""
             self.report({"WARNING"}, state.solve_status[0])
             return {"CANCELLED"}
         try:  # before `_stop`, which removes the model's temporary folder
-            collection = import_solution(bpy.data.scenes[self._scene_name], reply)
+            collection = import_solution(bpy.data.scenes[self._scene_name], reply,
+                                         session.request.gravity)
         except Exception as exc:  # e.g. the photos were moved meanwhile
             return self._fail(context, session, exc)
         self._stop(context, session)
-        state.solve_status = summary_lines(reply, collection.name)
+        state.solve_status = summary_lines(reply, collection.name, session.request.gravity)
         self.report({"WARNING"} if reply["unregistered"] else {"INFO"},
                     "; ".join(state.solve_status))
         return {"FINISHED"}
@@ -305,10 +310,7 @@ and add them with their photos as background images, ready to fit"""
 
     def _fail(self, context, session, exc):
         self._stop(context, session)
-        message = _message(exc)
-        state.solve_status = ["Camera solve failed: " + message.splitlines()[0]]
-        print(f"SoftRas: camera solve failed: {message}", file=sys.stderr, flush=True)
-        self.report({"ERROR"}, f"Camera solve failed: {message}")
+        state.solve_status = self._report_failure("Camera solve", exc)
         return {"CANCELLED"}
 
     def _stop(self, context, session, cancel: bool = False):
@@ -323,29 +325,20 @@ and add them with their photos as background images, ready to fit"""
         state.solve = None
 
 
-def _redraw(context) -> None:
-    for window in context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type == "VIEW_3D":
-                area.tag_redraw()
-
-
-class SOFTRAS_PT_solve_cameras(SoftRasPanelMixin, Panel):
+class SOFTRAS_PT_solve_cameras(SoftRasSubPanelMixin, Panel):
     bl_label = "Solve Cameras"
     bl_idname = "SOFTRAS_PT_solve_cameras"
-    bl_parent_id = "SOFTRAS_PT_fit"
-    bl_options = {"DEFAULT_CLOSED"}
 
     def draw(self, context):
-        layout = self.layout
-        layout.use_property_split = True
-        layout.use_property_decorate = False
+        layout = split_layout(self.layout)
         settings = context.scene.softras
         session = state.solve
         col = layout.column()
         col.enabled = session is None
         for name in ("solve_folder", "solve_ordering", "solve_up", "solve_distance"):
             col.prop(settings, name)
+            if name == "solve_up" and settings.solve_up == "GRAVITY":
+                col.prop(settings, "solve_gravity")
         if session is not None:
             layout.progress(factor=session.progress, type="BAR", text=session.progress_text)
             layout.label(text="Esc cancels", icon="CANCEL")

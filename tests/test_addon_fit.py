@@ -106,6 +106,10 @@ class DrivenFit:
     _fail = _op._fail
     _cancel = _op._cancel
     _stop_timer = _op._stop_timer
+    _backend_launch = _op._backend_launch
+    _report_failure = _op._report_failure
+    _cancel_asked = _op._cancel_asked
+    _show_progress = _op._show_progress
 
     def __init__(self, device="CPU", backend_command="", threads=-1):
         self.device = device

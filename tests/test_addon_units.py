@@ -212,6 +212,74 @@ def test_step_runner_runs_steps_in_order_and_stops_at_a_failure(tmp_path):
     assert any("failed with exit code 4" in line for line in runner.log_tail())
 
 
+# -- the salient-object model the installer downloads --------------------------------------
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> tuple[Path, str, int]:
+    """A tiny ONNX salient-object model built here, as (file, SHA-256, size): a stand-in
+    for u2netp.onnx, served through a file:// URL (GitHub is out of reach in tests)."""
+    import hashlib
+
+    from test_segment import redness_model
+
+    path = tmp_path / "served" / "u2netp.onnx"
+    path.parent.mkdir()
+    redness_model(path)
+    data = path.read_bytes()
+    return path, hashlib.sha256(data).hexdigest(), len(data)
+
+
+def test_model_download_checks_the_pinned_checksum_and_keeps_no_partial_file(tmp_path,
+                                                                              tiny_model):
+    from backend.segment.learned import SalientObjectModel
+    from softras_blender import model_download
+
+    served, sha256, size = tiny_model
+    user = tmp_path / "user"
+    target = model_download.model_path(user)
+    assert model_download.installed_model(user) is None
+    with pytest.raises(model_download.DownloadError, match="does not match its pinned checksum"):
+        model_download.download(served.as_uri(), target, "0" * 64, size)
+    assert list(target.parent.iterdir()) == []  # no partial file, no model
+    with pytest.raises(model_download.DownloadError, match=f"expected {size + 1}"):
+        model_download.download(served.as_uri(), target, sha256, size + 1)
+    with pytest.raises(model_download.DownloadError, match="could not download"):
+        model_download.download((tmp_path / "absent.onnx").as_uri(), target, sha256, size)
+    assert model_download.installed_model(user) is None
+    assert model_download.download(served.as_uri(), target, sha256, size) == target
+    assert model_download.installed_model(user) == target
+    assert target.read_bytes() == served.read_bytes()
+    assert SalientObjectModel(target).size == (64, 64)  # the file the backend loads
+    # A later download that fails leaves the good model as it was.
+    with pytest.raises(model_download.DownloadError):
+        model_download.download(served.as_uri(), target, "f" * 64, size)
+    assert target.read_bytes() == served.read_bytes()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["u2netp.onnx"]
+
+
+def test_the_installer_downloads_the_model_in_its_own_process(tmp_path, tiny_model):
+    from softras_blender import model_download
+
+    served, sha256, size = tiny_model
+    label, argv = environment.model_step("/b/py", tmp_path / "user")
+    assert label == "Download the salient-object model (u2netp.onnx)"
+    assert argv[2:] == [model_download.MODEL_URL, model_download.MODEL_SHA256,
+                        str(model_download.MODEL_SIZE),
+                        str(model_download.model_path(tmp_path / "user"))]
+    assert len(model_download.MODEL_SHA256) == 64 and model_download.MODEL_SIZE > 4_000_000
+
+    bad = environment.StepRunner([environment.model_step(
+        sys.executable, tmp_path / "user", served.as_uri(), "0" * 64, size)], tmp_path / "a.log")
+    assert bad.run_to_end(interval=0.01) == 1
+    assert "does not match its pinned checksum" in (tmp_path / "a.log").read_text()
+    assert model_download.installed_model(tmp_path / "user") is None
+    good = environment.StepRunner([environment.model_step(
+        sys.executable, tmp_path / "user", served.as_uri(), sha256, size)], tmp_path / "b.log")
+    assert good.run_to_end(interval=0.01) == 0
+    assert model_download.installed_model(tmp_path / "user").read_bytes() == served.read_bytes()
+
+
 # -- the backend's launch and what it reports ---------------------------------------------
 
 

@@ -92,7 +92,7 @@ def test_a_fit_from_the_raw_photos_reports_silhouettes_and_a_contact_sheet(tmp_p
 @pytest.fixture(scope="module")
 def broken_inputs(tmp_path_factory) -> Path:
     """Folders of bad input: an unparsable camera file, photos without files, masks of
-    another size, a black photo (no object)."""
+    another size, a black photo (no object), masks no two views agree on."""
     root = tmp_path_factory.mktemp("bad_inputs")
     (root / "bad_par.txt").write_text("1\ntemple.png 1 2 3\n")
     (root / "no_images").mkdir()
@@ -106,7 +106,28 @@ def broken_inputs(tmp_path_factory) -> Path:
     photo = bpy.data.images.load(str(black / "templeSR0005.png"))
     photo.pixels.foreach_set(np.tile(np.array([0, 0, 0, 1], np.float32), 640 * 480))
     photo.save()
+    write_disagreeing_masks(root / "disagreeing_masks")
     return root
+
+
+def write_disagreeing_masks(folder: Path) -> None:
+    """A mask per temple photo: the temple (the dataset's threshold) plus a square in a
+    corner that changes from view to view, so every view's mask reaches far outside the
+    hull the other views agree on."""
+    folder.mkdir()
+    for i in range(1, 17):
+        photo = bpy.data.images.load(str(TEMPLE / f"templeSR{i:04d}.png"))
+        rgba = np.empty(640 * 480 * 4, np.float32)
+        photo.pixels.foreach_get(rgba)
+        bpy.data.images.remove(photo)
+        mask = (rgba.reshape(480, 640, 4)[..., :3].mean(axis=2) > 0.19).astype(np.float32)
+        top, left = (10, 330)[i % 4 // 2], (10, 490)[i % 2]  # rows counted from the bottom
+        mask[top:top + 140, left:left + 140] = 1.0
+        image = bpy.data.images.new("mask", 640, 480)
+        image.pixels.foreach_set(np.repeat(mask.reshape(-1), 4))
+        image.filepath_raw, image.file_format = str(folder / f"templeSR{i:04d}.png"), "PNG"
+        image.save()
+        bpy.data.images.remove(image)
 
 
 @pytest.mark.parametrize("case, args, reason", [
@@ -117,9 +138,12 @@ def broken_inputs(tmp_path_factory) -> Path:
     ("mask of another size", ["--import", str(TEMPLE_PAR), "--masks", "{root}/small_masks"],
      "its mask templeSR0001.png is 64x48 but its image is 640x480"),
     ("learned without a model", ["--import", str(TEMPLE_PAR), "--silhouettes", "learned"],
-     "needs --model"),
+     "needs a salient-object model (U2-Net class, ONNX) and none is installed"),
     ("photo with no object", ["--import", "{root}/black/templeSR_par.txt", "--silhouettes",
                               "key", "--resolution", "64"], "templeSR0005: no object found"),
+    ("every view flagged", ["--import", str(TEMPLE_PAR), "--masks", "{root}/disagreeing_masks",
+                            "--resolution", "64"],
+     "every view disagrees with the others, so no silhouettes are left to fit: templeSR0001:"),
 ])
 def test_bad_input_exits_2_with_one_reason_and_writes_nothing(broken_inputs, tmp_path, case,
                                                               args, reason):

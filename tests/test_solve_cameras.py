@@ -283,6 +283,49 @@ def test_solved_cameras_are_imported_as_a_colmap_model_ready_to_fit(scene, tmp_p
 
 
 @pytest.mark.blender
+def test_a_gravity_given_in_the_photos_turns_the_solved_scene(scene, tmp_path):
+    from softras_blender import solve_operators
+
+    reply = solved_reply(tmp_path)
+    before = scene_state(scene)
+    # Gravity along the photos' x axis: on a ring the cameras' x axes cancel out.
+    with pytest.raises(ValueError, match="points a different way in each solved camera"):
+        solve_operators.import_solution(scene, reply, (1.0, 0.0, 0.0))
+    assert scene_state(scene) == before
+    gravity = np.array([0.3, -1.0, 0.4])
+    collection = solve_operators.import_solution(scene, reply, tuple(gravity))
+    cameras = [o for o in collection.objects if o.type == "CAMERA"]
+    down = np.mean([np.array(o.matrix_world.to_3x3()) @ gravity for o in cameras], axis=0)
+    np.testing.assert_allclose(down / np.linalg.norm(down), [0.0, 0.0, -1.0], atol=1e-6)
+    distances = [np.linalg.norm(o.matrix_world.translation) for o in cameras]
+    np.testing.assert_allclose(distances, np.linalg.norm([0.0, -4.0, 1.6]), rtol=1e-5)
+    lines = solve_operators.summary_lines(reply, collection.name, tuple(gravity))
+    assert lines[1].startswith("Up: against the gravity given in the photos, 0.3, -1, 0.4")
+
+
+@pytest.mark.blender
+def test_upright_gravity_keeps_the_solved_frame_and_the_panel_asks_for_it(scene, tmp_path):
+    import bpy
+    from test_addon_fit import draw
+
+    from softras_blender import solve_operators
+
+    reply = solved_reply(tmp_path)
+    collection = solve_operators.import_solution(scene, reply, (0.0, -2.0, 0.0))
+    first = min((o for o in collection.objects if o.type == "CAMERA"), key=lambda o: o.name)
+    np.testing.assert_allclose(first.matrix_world.translation, [0.0, -4.0, 1.6], atol=1e-5)
+    settings = scene.softras
+    settings.solve_folder, settings.solve_up = str(tmp_path), "GRAVITY"
+    assert ("prop", "solve_gravity") in draw(solve_operators.SOFTRAS_PT_solve_cameras,
+                                             bpy.context)
+    request = solve_operators.solve_request(settings)
+    assert (request.up, request.gravity) == ("auto", (0.0, -1.0, 0.0))
+    settings.solve_gravity = (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="the gravity direction is zero"):
+        solve_operators.solve_request(settings)
+
+
+@pytest.mark.blender
 def test_panel_shows_the_settings_then_the_solve_progress(scene):
     import bpy
     from test_addon_fit import draw
@@ -320,6 +363,12 @@ def test_headless_solve_refuses_bad_photos_with_exit_code_2(tmp_path):
     for args, reason in (
             (["--solve-cameras", "--iterations", "0", "--output", str(output)],
              "--solve-cameras needs --images DIR"),
+            (["--solve-cameras", "--images", str(tmp_path), "--solve-gravity", "0,-1",
+              "--iterations", "0", "--output", str(output)],
+             "--solve-gravity 0,-1: give three numbers x,y,z"),
+            (["--solve-cameras", "--images", str(tmp_path), "--solve-gravity", "0,-1,0",
+              "--solve-up", "ring", "--iterations", "0", "--output", str(output)],
+             "--solve-gravity sets which way is up: leave out --solve-up"),
             (["--solve-cameras", "--images", str(write_photos(tmp_path / "few", ["noise"] * 2)),
               "--iterations", "0", "--output", str(output), "--backend-python",
               sys.executable, "--threads", "1"], "at least 3")):

@@ -1,7 +1,10 @@
 """Salient-object segmentation with a U2-Net-class ONNX model, run by onnxruntime.
 
-The model is a file the user names (for example U2-Net's ``u2net.onnx`` or the small
-``u2netp.onnx``); nothing is downloaded here. It takes a (1, 3, S, S) float32 image
+The model is a file: one the user names (for example U2-Net's ``u2net.onnx``), else the
+small ``u2netp.onnx`` that the add-on's "Install Backend" downloaded, checked against its
+pinned SHA-256, into the add-on's user folder when Blender's online access is allowed
+(``softras_blender/model_download.py``); the add-on sends its path. Nothing is downloaded
+here. It takes a (1, 3, S, S) float32 image
 normalised with ImageNet's mean and standard deviation (as U2-Net was trained) and
 returns a saliency map (1, 1, S, S) as its first output; like U2-Net's reference
 code, the map is rescaled to [0, 1] by its minimum and maximum, then resized to the
