@@ -28,6 +28,14 @@ coarse levels (`backend.fit.schedule.Step.camera_ramp`) and a quadratic regulari
 toward zero. After the fit, `CameraRefinement.report` lists each view's correction and
 flags one past ``refine_max_degrees`` or ``refine_max_shift``: the add-on does not
 apply a flagged correction.
+
+What it reaches (docs/benchmarks.md, "Camera refinement"): about 85% of a 1.5 degree /
+2% miscalibration's silhouette displacement is removed; the rest is shared with the
+mesh, which bends to explain cameras a few tenths of a pixel off (solving the cameras
+alone against that mesh, or alternating, gives them back almost unchanged). A focal
+error common to all views is nearly a scale of the scene, hence nearly a gauge
+direction: the shared focal scale is for views that disagree, and does not recover a
+common error from the silhouettes of a compact object.
 """
 
 from __future__ import annotations
