@@ -29,7 +29,9 @@ the default options (``--set`` overrides them). Printed per (target, start, size
 ``--large`` runs instead one large case: the table from 100 views of 800x800
 (5 elevations x 20 azimuths), the same 8 held-out angles. ``--picture`` writes Cycles
 renders in matte grey (sun + ambient) of target | visual hull | fit from the cube |
-fit from the hull, one row per target, at the first size.
+fit from the sphere | fit from the hull (the starts that ran), one row per target, at
+the first size. ``--cache DIR`` keeps the Cycles targets (the large case's take minutes)
+for the next run.
 
 Not a test: it prints figures. Needs the ``blender`` extra (bpy).
 """
@@ -38,8 +40,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import os
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -100,8 +105,10 @@ class Case:
         return float(np.linalg.norm(self.true_v.max(axis=0) - self.true_v.min(axis=0)))
 
 
-def prepare_case(target: str, width: int, height: int, large: bool) -> tuple[Case, float]:
-    """Build the target's scene and render its views; returns (case, seconds taken)."""
+def prepare_case(target: str, width: int, height: int, large: bool,
+                 cache: Path | None = None) -> tuple[Case, float]:
+    """Build the target's scene and render its views (or read them from ``cache``);
+    returns (case, seconds taken)."""
     t0 = time.perf_counter()
     scene, obj = ft.build_target(target)
     true_v, true_f = cycles.mesh_arrays(obj)
@@ -109,14 +116,31 @@ def prepare_case(target: str, width: int, height: int, large: bool) -> tuple[Cas
         rig = ft.camera_rig(true_v, width, height, LARGE_ELEVATIONS, LARGE_AZIMUTHS)
     else:
         rig = ft.camera_rig(true_v, width, height)
-    fit_images = ft.render_views(scene, rig.fitting)
-    held_images = ft.render_views(scene, rig.held_out)
+    fit_images = cached_renders(scene, rig.fitting, true_v, cache)
+    held_images = cached_renders(scene, rig.held_out, true_v, cache)
     views = [View(blender_camera(**p), img, name=f"fit {i}")
              for i, (p, img) in enumerate(zip(rig.fitting, fit_images, strict=True))]
     views += [View(blender_camera(**p), img, name=f"held-out {i}", held_out=True)
               for i, (p, img) in enumerate(zip(rig.held_out, held_images, strict=True))]
     case = Case(target, width, height, scene, obj, true_v, true_f, rig, views, held_images)
     return case, time.perf_counter() - t0
+
+
+def cached_renders(scene, params: list[dict], true_v: np.ndarray,
+                   cache: Path | None) -> list[np.ndarray]:
+    """`ft.render_views`, kept in ``cache`` (a folder) under a digest of the target's
+    vertices (V, 3), the cameras and the Cycles settings, so a rerun skips Cycles."""
+    if cache is None:
+        return ft.render_views(scene, params)
+    digest = hashlib.sha1(np.ascontiguousarray(true_v).tobytes())
+    digest.update(json.dumps([params, ft.CYCLES_SAMPLES, ft.CYCLES_FILTER]).encode())
+    path = cache / f"targets-{digest.hexdigest()[:20]}.npy"
+    if path.exists():
+        return list(np.load(path))
+    images = ft.render_views(scene, params)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.stack(images))
+    return images
 
 
 def cycles_iou(case: Case, vertices, faces) -> list[float]:
@@ -188,15 +212,22 @@ def run_start(case: Case, start: str, options: FitOptions, hull_figures: dict):
         "iterations": result.iterations, "fit_time": result.timing["total"],
         "fit_cpu": fit_cpu, "status": result.status,
     }
-    print(f"  {case.target} {case.size} from {start}: {result.message}\n  {table_row(row)}",
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in result.timing.items())
+    print(f"  {case.target} {case.size} from {start}: {result.message}\n  timing: {timing}; "
+          f"peak memory of the process so far {peak_memory_gib():.2f} GiB\n  {table_row(row)}",
           flush=True)
     return row, result
 
 
+def peak_memory_gib() -> float:
+    """The process's peak resident memory so far (Linux reports KiB), Cycles included."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def run_case(target: str, width: int, height: int, starts, options: FitOptions, large: bool,
-             meshes: dict) -> list[dict]:
+             meshes: dict, cache: Path | None = None) -> list[dict]:
     """Every start on one target and size; fills ``meshes`` for the shaded picture."""
-    case, t_targets = prepare_case(target, width, height, large)
+    case, t_targets = prepare_case(target, width, height, large, cache)
     hull, t_hull, cpu_hull = carved_hull(case, options)
     hull_figures = surface_figures(case, hull.vertices, hull.faces)
     # The reference: the carved hull itself, not fitted ("ours_heldout_iou" None).
@@ -246,9 +277,11 @@ def print_table(rows: list[dict]) -> None:
 
 
 def save_picture(path: Path, meshes: dict) -> None:
-    """Shaded Cycles renders, one row per target: the columns of `PICTURE_COLUMNS`."""
+    """Shaded Cycles renders, one row per target: the columns of `PICTURE_COLUMNS` that
+    some target has (a start not run on any target gets no column)."""
     from PIL import Image, ImageDraw
 
+    columns = [c for c in PICTURE_COLUMNS if any(c[1] in found for found in meshes.values())]
     rows = []
     for target, found in meshes.items():
         true_v = found["target"][0]
@@ -258,7 +291,7 @@ def save_picture(path: Path, meshes: dict) -> None:
         params = ft.camera_rig(true_v, side, side).held_out[PICTURE_VIEW]
         crop = None
         tiles = []
-        for title, key in PICTURE_COLUMNS:
+        for title, key in columns:
             if key in found:
                 image = ft.shaded_render(*found[key], params)
                 crop = crop or _object_square(image)
@@ -331,6 +364,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="save shaded renders of target, hull and fits to this PNG")
     parser.add_argument("--large", action="store_true",
                         help=f"only the large case: {LARGE_TARGET}, 100 views of 800x800")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep the Cycles target renders in this folder (e.g. out/bench_cache)"
+                             " and reuse them on the next run")
     return parser.parse_args(argv)
 
 
@@ -348,7 +384,8 @@ def main(argv=None) -> None:
         cases = [(target, w, h) for target in args.targets for w, h in sizes]
     meshes, rows = {}, []
     for target, width, height in cases:
-        rows += run_case(target, width, height, args.starts, options, args.large, meshes)
+        rows += run_case(target, width, height, args.starts, options, args.large, meshes,
+                         args.cache)
     print_table(rows)
     if args.picture:
         save_picture(args.picture, meshes)

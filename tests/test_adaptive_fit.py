@@ -3,6 +3,8 @@ optimiser's moments carried, the large-steps parameterisation, and the messages 
 start's genus and coarseness. Small CPU scenes (`fit_scenes`); the Cycles end-to-end fits
 from Blender's default cube are in tests/test_fit_any_start.py."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -11,12 +13,14 @@ from fit_scenes import box, cameras, sphere, views_of
 from backend.fit import adaptive
 from backend.fit.fitting import FitError, FitOptions, fit
 from backend.fit.inputs import box_coverage, prepare_views
-from backend.fit.mesh_ops import check_mesh
+from backend.fit.mesh_ops import check_mesh, face_areas
 from backend.fit.quality import quality_stats
+from backend.fit.recarve import carve_into_hull, inside_mesh
 from backend.fit.remesh import remesh
 from backend.fit.schedule import Schedule
 from backend.fit.state import MeshState
 from backend.fit.targets import Frame
+from backend.fit.visual_hull import Silhouettes
 
 SMALL = {"views_per_step": 4, "stream_every": 5, "init_faces": 300}
 
@@ -120,13 +124,102 @@ def test_keep_topology_on_a_coarse_mesh_suggests_adapt(box_views):
     assert "too coarse" in result.message and "Adapt" in result.message
 
 
-def test_a_genus_0_start_for_silhouettes_with_a_hole_suggests_the_visual_hull():
+def test_keep_topology_on_a_genus_0_start_for_silhouettes_with_a_hole_suggests_the_hull():
     ring = [box((0.8, 0.2, 0.15), (0, y, 0)) for y in (-0.6, 0.6)]
     ring += [box((0.2, 0.8, 0.15), (x, 0, 0)) for x in (-0.6, 0.6)]
     views = views_of(*_union(ring), cameras((48, 48), elevations=(60.0, 89.0)))
     v0, f0 = cube()
-    result = fit(views, v0, f0, FitOptions(iterations=2, **SMALL))
-    assert "through-hole" in result.message and "Visual Hull" in result.message
+    result = fit(views, v0, f0, FitOptions(iterations=2, topology="keep", **SMALL))
+    assert "1 through-hole(s) but the fitted mesh has 0" in result.message
+    assert "Visual Hull" in result.message and "Adapt" in result.message
+
+
+def torus(major=0.6, minor=0.22, rings=48, sides=24):
+    """A closed torus around the z axis: vertices (V, 3) float64, faces (F, 3) int64."""
+    u, w = np.meshgrid(np.arange(rings) * 2 * np.pi / rings,
+                       np.arange(sides) * 2 * np.pi / sides, indexing="ij")
+    radius = major + minor * np.cos(w)
+    v = np.stack([radius * np.cos(u), radius * np.sin(u), minor * np.sin(w)], -1).reshape(-1, 3)
+    i, j = np.meshgrid(np.arange(rings), np.arange(sides), indexing="ij")
+    a, b = i * sides + j, ((i + 1) % rings) * sides + j
+    c, d = ((i + 1) % rings) * sides + (j + 1) % sides, i * sides + (j + 1) % sides
+    faces = np.concatenate([np.stack([a, b, c], -1), np.stack([a, c, d], -1)]).reshape(-1, 3)
+    return v, faces
+
+
+@pytest.fixture(scope="module")
+def torus_views():
+    """A flat torus seen from above and below, where its hole shows, 48x48."""
+    return views_of(*torus(), cameras((48, 48), elevations=(-50.0, 50.0, 89.0), azimuths=5),
+                    held_out=(1, 7, 13))
+
+
+def test_carving_a_sphere_into_a_torus_hull_opens_the_hole_and_keeps_the_sphere(torus_views):
+    sil = Silhouettes.from_masks([v.camera for v in torus_views],
+                                 [v.image[..., 3] for v in torus_views])
+    v0, f0 = sphere(0.7, level=3)  # covers the hole, inside the torus' outer radius 0.82
+    carved = carve_into_hull(sil, v0, f0, target_faces=3000)
+    report = check_mesh(carved.faces)
+    assert report.closed_manifold and report.inconsistent_edges == 0 and report.components == 1
+    assert adaptive.genus(carved.faces, len(carved.vertices)) == 1
+    corners = carved.faces
+    assert (corners[:, 0] != corners[:, 1]).all() and (corners[:, 1] != corners[:, 2]).all()
+    assert (corners[:, 2] != corners[:, 0]).all()
+    assert face_areas(carved.vertices, carved.faces).min() > 0
+    radius = np.linalg.norm(carved.vertices[:, :2], axis=1)
+    assert radius.max() < 0.72  # the sphere's side is kept where it is inside the hull
+    assert radius.min() > 0.3  # the membrane across the hole (radius < 0.38) is gone
+
+
+@pytest.mark.parametrize(("center", "done"), [((0.0, 0.0, 0.0), "re-carved from"),
+                                              ((4.0, 0.0, 0.0), "replaced by")])
+def test_open_holes_re_carves_the_state_or_falls_back_to_the_hull(torus_views, center, done):
+    prep = prepare_views(torus_views)
+    v, f = sphere(0.7, center, level=3)
+    frame = Frame.around(v)
+    options = FitOptions(**SMALL)
+    topo = adaptive.AdaptiveTopology.create(prep, frame, [1.0], options, hull_genus=1)
+    state = MeshState(torch.tensor(frame.normalise(v), dtype=torch.float32), f, options, None)
+    with torch.no_grad():  # a global transform, kept across the re-carve
+        state.translation += torch.tensor([0.1, -0.05, 0.0])
+        state.log_scale += 0.05
+        world_before = frame.to_world(state.vertices())
+    topo.open_holes(state, 7)
+    assert f"the silhouettes show 1 through-hole(s); the mesh was {done} the visual hull at " \
+           "iteration 7" in topo.messages[0]
+    assert adaptive.genus(state.faces_np, len(state.shape_param)) == 1
+    world = frame.to_world(state.vertices())
+    radius = np.linalg.norm(world[:, :2], axis=1)
+    assert radius.min() > 0.3 and radius.max() < 0.9  # the hole is open, the torus' size
+    if done == "re-carved from":  # inside the transformed sphere too
+        middle = world_before.mean(axis=0)
+        assert np.linalg.norm(world - middle, axis=1).max() < 0.7 * np.exp(0.05) + 0.03
+
+
+def test_inside_mesh_matches_a_convex_mesh_even_with_vertices_on_the_grid_lines():
+    v, f = box((0.5, 0.5, 0.5), subdivisions=2)  # vertices and edges on the grid's lines
+    axes = [np.linspace(-1.0, 1.0, 21)] * 3
+    inside = inside_mesh(v, f, axes)
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
+    truth = (np.abs(grid) < 0.5 - 1e-9).all(axis=-1)
+    outside = (np.abs(grid) > 0.5 + 1e-9).any(axis=-1)
+    assert inside[truth].all() and not inside[outside].any()
+
+
+def test_a_fit_from_the_cube_opens_the_hole_the_silhouettes_show(torus_views):
+    v0, f0 = cube()
+    result = fit(torus_views, v0, f0, FitOptions(iterations=60, **SMALL))
+    hull = fit(torus_views, options=FitOptions(iterations=0, **SMALL))  # the carved hull
+    assert result.status == "done"
+    assert adaptive.genus(result.faces, len(result.vertices)) == 1
+    assert re.search(r"the silhouettes show 1 through-hole\(s\); the mesh was re-carved from "
+                     r"the visual hull at iteration \d+", result.message)
+    assert "start from the Visual Hull" not in result.message
+    # Measured: held-out IoU 0.971-0.987 (mean 0.977; the carved hull's 0.933, a fit of the
+    # hull start 0.962); kept from the cube, the mesh stays at 0.55-0.61.
+    assert min(result.heldout_iou.values()) > 0.95
+    mean_iou = float(np.mean(list(result.heldout_iou.values())))
+    assert mean_iou >= float(np.mean(list(hull.heldout_iou.values())))
 
 
 def _union(boxes):

@@ -9,10 +9,11 @@ from fit_scenes import box, cameras, sphere, views_of
 from backend.core.camera import blender_camera, look_at, orbit_cameras
 from backend.fit import fitting, loop, losses
 from backend.fit.fitting import FitError, FitOptions, View, fit
+from backend.fit.inputs import prepare_views
 from backend.fit.mesh_ops import check_mesh
 from backend.fit.schedule import Schedule, ViewSampler
 from backend.fit.state import MeshState
-from backend.fit.targets import ViewGroup, batches
+from backend.fit.targets import Frame, ViewGroup, batches, view_groups
 from backend.render.renderer import Cameras
 
 # Fixed topology: these tests check the given mesh's behaviour (shape key, subdivision);
@@ -332,6 +333,31 @@ def test_schedule_goes_coarse_to_fine_sharpens_and_decays():
     assert Schedule(opts, smallest_side=64).levels == [0.5, 1.0]
 
 
+def test_images_larger_than_max_render_side_are_fitted_at_that_size():
+    opts = options(iterations=100, resolution_start=0.25, max_render_side=512)
+    # 800 px views: the finest level renders 512 px, the coarsest a quarter of that.
+    assert Schedule(opts, 800, 800).levels == pytest.approx([0.16, 0.32, 0.64])
+    assert Schedule(opts, 800, 800).at(99).resolution == pytest.approx(0.64)
+    # Views no larger than the limit keep the full-size schedule.
+    assert Schedule(opts, 320, 320).levels == [0.25, 0.5, 1.0]
+    assert Schedule(opts, 512, 512).levels == [0.25, 0.5, 1.0]
+    # Mixed sizes: the largest view sets the limit, the smallest the coarsest level.
+    assert Schedule(opts, 256, 1024).levels == pytest.approx([0.125, 0.25, 0.5])
+    assert Schedule(options(max_render_side=0), 800, 800).levels == [0.25, 0.5, 1.0]
+    with pytest.raises(FitError, match="max_render_side"):
+        options(max_render_side=10)
+
+
+def test_a_fit_past_max_render_side_renders_smaller_and_still_fits():
+    v, f = box((0.7, 0.5, 0.4))
+    views = views_of(v, f, cameras((96, 72)), held_out=(2,))
+    v0, f0 = sphere(0.6, level=2)
+    before = initial_iou(views, v0, f0)
+    result = fit(views, v0, f0, options(iterations=40, max_render_side=64, coarse_fraction=0.0))
+    assert [h["resolution"] for h in result.loss_history] == [pytest.approx(64 / 96)] * 40
+    assert result.mean_fit_iou > max(before + 0.1, 0.9)  # measured on the 96 px images
+
+
 def test_view_sampler_takes_every_view_once_per_round():
     sampler = ViewSampler([3, 5, 7, 9, 11], per_step=2, seed=0)
     drawn = [sampler.next() for _ in range(5)]
@@ -340,6 +366,21 @@ def test_view_sampler_takes_every_view_once_per_round():
     assert sorted(flat[:5]) == sorted(flat[5:]) == [3, 5, 7, 9, 11]
     again = ViewSampler([3, 5, 7, 9, 11], per_step=2, seed=0)
     assert [again.next() for _ in range(5)] == drawn
+
+
+def test_view_groups_area_average_the_images_to_each_level(box_views):
+    prep = prepare_views(box_views)
+    frame = Frame(np.zeros(3), 1.0)
+    full = np.stack([v.image for v in box_views[:3]])  # (3, 48, 48, 4)
+    halved = full.reshape(3, 24, 2, 24, 2, 4).mean(axis=(2, 4))
+    rgba, = view_groups(prep, [0, 1, 2], 0.5, frame, True, "cpu")
+    alpha, = view_groups(prep, [0, 1, 2], 0.5, frame, False, "cpu")
+    assert rgba.alpha.shape == alpha.alpha.shape == (3, 24, 24) and alpha.rgb is None
+    assert torch.equal(rgba.alpha, alpha.alpha)
+    np.testing.assert_allclose(alpha.alpha.numpy(), halved[..., 3], atol=1e-6)
+    np.testing.assert_allclose(rgba.rgb.numpy(), halved[..., :3], atol=1e-6)
+    same, = view_groups(prep, [0, 1, 2], 1.0, frame, False, "cpu")
+    assert torch.equal(same.alpha, torch.as_tensor(full[..., 3]))
 
 
 def test_batches_keep_the_order_the_views_were_chosen_in():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backend.fit.mesh_ops import icosphere
-from backend.fit.quality import corner_angles, min_angles, quality_stats
+from backend.fit.quality import corner_angles, crossing_pairs, min_angles, quality_stats
 
 RIGHT_ISOSCELES = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 EQUILATERAL = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.5, np.sqrt(3.0) / 2.0, 0.0]])
@@ -96,3 +96,50 @@ def test_bad_input_is_refused_with_a_reason(vertices, faces, message):
 def test_stats_refuse_a_mesh_without_faces():
     with pytest.raises(ValueError, match="no faces"):
         quality_stats(np.zeros((3, 3)), np.zeros((0, 3), dtype=np.int64))
+
+
+def _all_pairs_crossing(vertices, faces) -> set[tuple[int, int]]:
+    """The crossing pairs by testing every pair of faces (no grid): the reference."""
+    from backend.fit.quality import _triangles_cross
+
+    i, j = np.triu_indices(len(faces), k=1)
+    shared = (faces[i][:, :, None] == faces[j][:, None, :]).any(axis=(1, 2))
+    i, j = i[~shared], j[~shared]
+    p, q = vertices[faces[i]], vertices[faces[j]]
+    hit = _triangles_cross(p, q) | _triangles_cross(q, p)
+    return set(zip(i[hit].tolist(), j[hit].tolist(), strict=True))
+
+
+def test_crossing_pairs_finds_two_triangles_through_each_other_and_not_neighbours():
+    vertices = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0],
+                         [0.2, 0.2, -1.0], [0.2, 0.2, 1.0], [1.0, 1.0, 0.5]])
+    np.testing.assert_array_equal(crossing_pairs(vertices, np.array([[0, 1, 2], [3, 4, 5]])),
+                                  [[0, 1]])
+    # Moved beside the first triangle, the second one misses it.
+    apart = vertices + np.array([[0, 0, 0]] * 3 + [[2.0, 0, 0]] * 3)
+    assert len(crossing_pairs(apart, np.array([[0, 1, 2], [3, 4, 5]]))) == 0
+    sphere_v, sphere_f = icosphere(3)
+    assert len(crossing_pairs(sphere_v, sphere_f)) == 0  # neighbours touch, none cross
+
+
+def test_crossing_pairs_on_a_dented_sphere_match_testing_every_pair():
+    # A cap of the sphere pushed in past the centre passes through the far side.
+    vertices, faces = icosphere(2)
+    vertices = vertices.copy()
+    cap = vertices[:, 2] > 0.6
+    vertices[cap, 2] -= 2.2
+    found = crossing_pairs(vertices, faces)
+    assert len(found) > 0
+    assert set(map(tuple, found.tolist())) == _all_pairs_crossing(vertices, faces)
+
+
+def test_crossing_pairs_on_random_triangle_soup_match_testing_every_pair():
+    rng = np.random.default_rng(5)
+    centres = rng.uniform(0.0, 1.0, size=(60, 1, 3))
+    vertices = (centres + rng.normal(scale=0.15, size=(60, 3, 3))).reshape(-1, 3)
+    faces = np.arange(180).reshape(60, 3)
+    found = crossing_pairs(vertices, faces)
+    expected = _all_pairs_crossing(vertices, faces)
+    assert len(expected) > 5
+    assert set(map(tuple, found.tolist())) == expected
+    assert (found[:, 0] < found[:, 1]).all()

@@ -11,12 +11,14 @@ from conftest import has_cuda, icosphere
 
 from backend.core.camera import blender_camera, look_at
 from backend.fit.mesh_ops import check_mesh, signed_volume
+from backend.fit.quality import crossing_pairs
 from backend.fit.remesh import (
     MIN_SINE,
     pixel_target_lengths,
     remesh,
     replace_parameter,
     tangential_relaxation,
+    untangle,
     vertex_state,
 )
 
@@ -293,3 +295,33 @@ def test_cuda_remeshes_validly_and_deterministically():
     assert_valid(runs[0].vertices.cpu(), runs[0].faces.cpu(), "sphere")
     # Rounding differs between devices, so borderline edges may go either way.
     assert abs(len(runs[0].faces) - len(cpu.faces)) <= 0.02 * len(cpu.faces)
+
+
+def test_untangle_removes_a_spike_through_the_far_side_and_moves_nothing_else():
+    v, f = icosphere(3)
+    folded = v.clone()
+    folded[0] = -1.4 * v[0]  # one vertex pushed through the sphere: a spike out the far side
+    assert len(crossing_pairs(folded.numpy(), f.numpy())) > 0
+    out, left = untangle(folded, f)
+    assert left == 0 and len(crossing_pairs(out.numpy(), f.numpy())) == 0
+    moved = (out - folded).norm(dim=1) > 0
+    assert moved[0] and moved.sum() < 0.25 * len(v)  # only around the crossings
+    assert check_mesh(f.numpy()).closed_manifold
+
+
+def test_untangle_opens_a_pit_pushed_through_the_surface():
+    v, f = icosphere(3)
+    dented = v.clone()
+    cap = v[:, 2] > 0.7
+    # The cap pushed into the sphere and widened: the pit's walls cross the sides.
+    dented[cap, :2] *= 1.6
+    dented[cap, 2] = 0.4 - (v[cap, 2] - 0.7)
+    assert len(crossing_pairs(dented.numpy(), f.numpy())) > 0
+    out, left = untangle(dented, f, rounds=20)
+    assert left == 0 and len(crossing_pairs(out.numpy(), f.numpy())) == 0
+
+
+def test_untangle_leaves_a_clean_mesh_as_it_is():
+    v, f = icosphere(3)
+    out, left = untangle(v, f)
+    assert left == 0 and torch.equal(out, v)

@@ -26,9 +26,11 @@ class FitOptions:
     """Everything `fit` can be told; the defaults come from benchmarks/bench_fit.py.
 
     Schedule: the first ``coarse_fraction`` of the iterations render at reduced
-    resolution, starting at ``resolution_start`` of full size (but no smaller than
-    32 px on the longer side) and doubling; sigma (edge softness in squared pixels of
-    the image being rendered) falls geometrically from ``sigma_start`` to
+    resolution, starting at ``resolution_start`` of the finest level (but no smaller
+    than 32 px on the longer side) and doubling up to the finest: full size, or
+    ``max_render_side`` pixels on the longest side where the images are larger (0: no
+    limit; hard IoU is still measured at full size); sigma (edge softness in squared
+    pixels of the image being rendered) falls geometrically from ``sigma_start`` to
     ``sigma_end`` over the first ``sharpen_fraction`` of the iterations; keep
     ``sigma_end`` small, since soft edges fatten the silhouette and the fit would
     shrink the mesh to compensate. ``subdivide_at`` lists fractions of the iterations
@@ -53,10 +55,13 @@ class FitOptions:
     ``remesh_every`` iterations toward edges of ``edge_pixels`` pixels in the views at
     the current resolution level, with at most ``face_budget`` faces (0: sized from the
     silhouettes' pixel area, never above ``max_faces``); "keep" keeps the given faces
-    (in Blender: a shape key on the user's mesh). ``large_steps`` optimises the shape
-    through u = (I + ``smoothing`` L) v (Nicolet et al. 2021), moved by a uniform Adam
-    at ``large_steps_lr``, instead of Adam on offsets at ``learning_rate`` held by the
-    Laplacian term (``laplacian_weight`` then does nothing).
+    (in Blender: a shape key on the user's mesh). With "adapt", ``untangle`` smooths the
+    surface where it passes through itself, every ``remesh_every`` iterations and at the
+    end (`backend.fit.remesh.untangle`; turn it off for a start whose parts cross on
+    purpose). ``large_steps`` optimises the shape through u = (I + ``smoothing`` L) v
+    (Nicolet et al. 2021), moved by a uniform Adam at ``large_steps_lr``, instead of Adam
+    on offsets at ``learning_rate`` held by the Laplacian term (``laplacian_weight`` then
+    does nothing).
 
     Cameras (`backend.fit.camera_refine`): ``refine_cameras`` optimises a small rotation
     and shift of every fitting view's camera with the mesh (``refine_focal``: also one
@@ -72,6 +77,7 @@ class FitOptions:
     views_per_step: int = 8
     resolution_start: float = 0.25
     coarse_fraction: float = 0.5
+    max_render_side: int = 512
     sigma_start: float = 1.0
     sigma_end: float = 0.003
     sharpen_fraction: float = 0.9
@@ -97,6 +103,7 @@ class FitOptions:
     remesh_every: int = 5
     edge_pixels: float = 2.0
     face_budget: int = 0
+    untangle: bool = True
     large_steps: bool = True
     smoothing: float = 2.0
     large_steps_lr: float = 0.3
@@ -118,6 +125,8 @@ class FitOptions:
             (self.views_per_step >= 1, "views_per_step must be >= 1"),
             (0 < self.resolution_start <= 1, "resolution_start must be in (0, 1]"),
             (0 <= self.coarse_fraction <= 1, "coarse_fraction must be in [0, 1]"),
+            (self.max_render_side == 0 or self.max_render_side >= 64,
+             "max_render_side must be 0 (full size) or at least 64 (pixels)"),
             (0 <= self.sharpen_fraction <= 1, "sharpen_fraction must be in [0, 1]"),
             (self.sigma_start > 0 and self.sigma_end > 0, "sigma_start and sigma_end must be > 0"),
             (all(0 < x < 1 for x in self.subdivide_at), "subdivide_at fractions must be in (0, 1)"),

@@ -13,6 +13,7 @@ May import `backend.core` and `backend.render`; never `backend.process`.
 - `losses`: image and geometric loss terms.
 - `mesh_ops`: mesh topology and geometry helpers.
 - `visual_hull`: silhouettes, carving, and the initial meshes.
+- `recarve`: a mesh intersected with the visual hull (opens through-holes).
 """
 
 from .fitting import FitError, FitOptions, FitResult, Progress, View, fit

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..core.options import FitError, FitOptions
-from .adaptive import AdaptiveTopology, check_adaptable, topology_advice
+from .adaptive import AdaptiveTopology, check_adaptable, hull_genus_to_check, topology_advice
 from .camera_refine import ViewCorrection, correction_messages, refinement_for
 from .evaluation import coverage_warnings, evaluate
 from .inputs import (
@@ -108,8 +108,9 @@ def fit(
 
     state = _initial_state(prep, start, frame, options, device)
     settings = render_settings(prep, start.vertices, options)
-    schedule = Schedule(options, min(prep.train_sides()))
-    adaptive = AdaptiveTopology.create(prep, frame, schedule.levels, options)
+    schedule = Schedule(options, min(prep.train_sides()), max(prep.train_sides()))
+    hull_genus = hull_genus_to_check(prep, options, vertices is not None)
+    adaptive = AdaptiveTopology.create(prep, frame, schedule.levels, options, hull_genus)
     targets = TrainingTargets(prep, schedule.levels, frame, options.fit_colors, device)
     full_fit = view_groups(prep, prep.fit_idx, 1.0, frame, False, device)
     # Hard IoU of every non-held-out view, refreshed whenever the loop renders it.
@@ -141,7 +142,8 @@ def fit(
     timing = {"init": t_init - t_start, "optimise": run.seconds, "evaluate": t_end - t_opt,
               "total": t_end - t_start, "per_iteration": run.seconds / max(run.completed, 1)}
     world = frame.to_world(final.vertices)
-    messages += topology_advice(prep, start, world, final.faces, options, vertices is not None)
+    messages += (adaptive.messages if adaptive is not None else []) + topology_advice(
+        prep, world, final.faces, options, vertices is not None, hull_genus)
     messages.append(_quality_summary(world, final.faces))
     result = _result(prep, frame, run, fit_iou, heldout_iou, new_faces or run.topology_changed,
                      timing, device, messages + run.messages)

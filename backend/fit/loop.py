@@ -18,9 +18,14 @@ from ..render.renderer import RenderSettings, render, render_silhouette
 from . import losses
 from .adaptive import AdaptiveTopology
 from .camera_refine import CameraRefinement
+from .remesh import untangle
 from .schedule import Schedule, Step, ViewSampler
 from .state import MeshState, Snapshot
 from .targets import Frame, TrainingTargets, ViewGroup, batches
+
+# Detect-and-smooth rounds at the end of the fit (one round every ``remesh_every``
+# iterations before): the returned surface should not pass through itself.
+FINAL_UNTANGLE_ROUNDS = 20
 
 
 @dataclass
@@ -112,6 +117,8 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
     last_good = state.snapshot()
     status, reason, completed, topology_changed = "done", "", 0, False
     t_loop = time.perf_counter()
+    # Only a remeshed fit is untangled: a mesh kept as given may cross itself on purpose.
+    untangling = options.untangle and adaptive is not None
     for it in range(options.iterations):
         if should_stop is not None and should_stop():
             status, reason = "cancelled", f"cancelled after {it} iterations"
@@ -119,6 +126,8 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
         step = schedule.at(it)
         changed, skipped = _change_topology(state, step, options, adaptive)
         messages += skipped
+        if untangling and it % options.remesh_every == 0:
+            _untangle(state, rounds=1)  # moves vertices only; the faces stay
         if changed:
             topology_changed = True
             reporter.topology_changed()
@@ -141,8 +150,27 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
         history.append({"iteration": completed, **record, "sigma": step.sigma,
                         "resolution": step.resolution})
         reporter.send(completed, record, iou, last_good)
+    if untangling and completed and status != "diverged":
+        moved, left = _untangle(state, rounds=FINAL_UNTANGLE_ROUNDS)
+        last_good = state.snapshot() if moved else last_good
+        if left:
+            messages.append(f"{left} pairs of triangles still cross after untangling (the "
+                            "surface passes through itself there)")
     return LoopResult(status, reason, completed, last_good, history, topology_changed, messages,
                       time.perf_counter() - t_loop)
+
+
+def _untangle(state: MeshState, rounds: int) -> tuple[bool, int]:
+    """Smooth the shape where it passes through itself (`remesh.untangle`), optimiser
+    moments kept; (whether vertices moved, crossing pairs left)."""
+    with torch.no_grad():
+        shape = state.shape().detach()
+    untangled, left = untangle(shape, state.faces, rounds)
+    if torch.equal(untangled, shape):
+        return False, left
+    logits = None if state.color_logits is None else state.color_logits.detach()
+    state.set_mesh(untangled, state.faces_np, logits, state.vertex_moments())
+    return True, left
 
 
 def _change_topology(state: MeshState, step: Step, options: FitOptions,

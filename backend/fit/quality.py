@@ -2,10 +2,12 @@
 
     angles = min_angles(vertices, faces)     # (F,) degrees, 0 for a degenerate triangle
     stats = quality_stats(vertices, faces)   # dict of plain floats, for reports and benchmarks
+    pairs = crossing_pairs(vertices, faces)  # (P, 2) faces that cross, sharing no vertex
 
 A well-shaped surface mesh has every triangle's smallest angle far from zero
 (60 degrees for an equilateral triangle); slivers (a small minimum angle) make
-the shading noisy and the fit's gradients badly conditioned. numpy only.
+the shading noisy and the fit's gradients badly conditioned. A surface that passes
+through itself (crossing triangles) shades as a dark pit or fold. numpy only.
 """
 
 from __future__ import annotations
@@ -64,3 +66,77 @@ def quality_stats(vertices, faces) -> dict[str, float]:
     for threshold in SLIVER_THRESHOLDS:
         stats[f"pct_under_{threshold:g}"] = float(100.0 * np.mean(angles < threshold))
     return stats
+
+
+GRID_CELLS_PER_TRIANGLE = 1.0  # grid cell side in typical (median) triangle box sizes
+
+
+def crossing_pairs(vertices, faces) -> np.ndarray:
+    """Pairs of triangles that intersect and share no vertex: (P, 2) int64, i < j per row.
+
+    vertices: (V, 3) float; faces: (F, 3) integer. A clean closed surface has none; each
+    pair is one place where the surface passes through itself. Triangles touching only
+    in a plane (coplanar overlaps) are not counted. Candidates come from a uniform grid of
+    the triangles' bounding boxes, then an exact edge-through-triangle test in float64.
+    """
+    vertices, faces = triangle_arrays(vertices, faces)
+    candidates = _box_overlaps(vertices[faces])
+    if len(candidates) == 0:
+        return candidates
+    a, b = faces[candidates[:, 0]], faces[candidates[:, 1]]
+    disjoint = ~(a[:, :, None] == b[:, None, :]).any(axis=(1, 2))
+    candidates = candidates[disjoint]
+    p, q = vertices[faces[candidates[:, 0]]], vertices[faces[candidates[:, 1]]]
+    return candidates[_triangles_cross(p, q) | _triangles_cross(q, p)]
+
+
+def _box_overlaps(corners: np.ndarray) -> np.ndarray:
+    """Pairs (P, 2) int64, i < j, of triangles (F, 3 corners, 3) whose bounding boxes overlap."""
+    lo, hi = corners.min(axis=1), corners.max(axis=1)
+    if len(corners) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    cell = max(float(np.median((hi - lo).max(axis=1))) * GRID_CELLS_PER_TRIANGLE, 1e-12)
+    first = np.floor((lo - lo.min(axis=0)) / cell).astype(np.int64)
+    last = np.floor((hi - lo.min(axis=0)) / cell).astype(np.int64)
+    span = last - first + 1  # cells per axis each box covers
+    count = span.prod(axis=1)
+    tri = np.repeat(np.arange(len(corners)), count)
+    rank = np.arange(len(tri)) - np.repeat(np.cumsum(count) - count, count)
+    sy, sz = span[tri, 1], span[tri, 2]
+    offset = np.stack([rank // (sy * sz), (rank // sz) % sy, rank % sz], axis=1)
+    ijk = first[tri] + offset
+    size = last.max(axis=0) + 1
+    key = (ijk[:, 0] * size[1] + ijk[:, 1]) * size[2] + ijk[:, 2]
+    order = np.argsort(key, kind="stable")
+    key, tri = key[order], tri[order]
+    # Each entry pairs with the later entries of its cell (its run of equal keys).
+    run_end = np.searchsorted(key, key, side="right")
+    later = run_end - np.arange(len(key)) - 1
+    first_of = np.repeat(np.arange(len(key)), later)
+    step = np.arange(len(first_of)) - np.repeat(np.cumsum(later) - later, later) + 1
+    pairs = np.sort(np.stack([tri[first_of], tri[first_of + step]], axis=1), axis=1)
+    i, j = pairs[:, 0], pairs[:, 1]
+    pairs = pairs[(i != j) & ((lo[i] <= hi[j]) & (lo[j] <= hi[i])).all(axis=1)]
+    n = len(corners)
+    pairs = np.unique(pairs[:, 0] * n + pairs[:, 1])  # a pair sharing several cells once
+    return np.stack([pairs // n, pairs % n], axis=1)
+
+
+def _triangles_cross(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """(P,) bool: some edge of triangle p (P, 3, 3) passes through the inside of triangle q."""
+    out = np.zeros(len(p), dtype=bool)
+    a, b, c = q[:, 0], q[:, 1], q[:, 2]
+    for k in range(3):
+        s, t = p[:, k], p[:, (k + 1) % 3]
+        # The ends on opposite sides of q's plane, and the segment inside q's three edges.
+        side_s, side_t = _volume(a, b, c, s), _volume(a, b, c, t)
+        straddles = side_s * side_t < 0
+        e1, e2, e3 = _volume(s, t, a, b), _volume(s, t, b, c), _volume(s, t, c, a)
+        inside = ((e1 > 0) & (e2 > 0) & (e3 > 0)) | ((e1 < 0) & (e2 < 0) & (e3 < 0))
+        out |= straddles & inside
+    return out
+
+
+def _volume(a, b, c, d) -> np.ndarray:
+    """Six times the signed volume of tetrahedra (a, b, c, d), each (P, 3): (P,)."""
+    return np.einsum("ij,ij->i", np.cross(b - a, c - a), d - a)

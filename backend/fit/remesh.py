@@ -13,6 +13,9 @@ Per-vertex data (optimiser moments, colours, target lengths) goes along: a verte
 a split gets the mean of the edge's two ends, a collapse merges the two into their mean.
 `vertex_state` and `replace_parameter` carry a torch optimiser's state across the change.
 
+`untangle` smooths the surface locally where it passes through itself (the fit calls it
+every few steps and at the end, `backend.fit.loop`).
+
 `pixel_target_lengths` turns a target edge length in pixels into scene units per vertex,
 from the cameras that see it; `edge_length_for_faces` turns a face budget into a length.
 
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from ..core.camera import CameraMatrices
+from .quality import crossing_pairs
 
 SPLIT_RATIO = 1.5  # split edges longer than this times their target length
 COLLAPSE_RATIO = 0.5  # collapse edges shorter than this times their target length
@@ -42,6 +46,9 @@ MAX_FOLD_COS = 0.3  # a collapse may turn a face's normal by at most acos(0.3), 
 FLIP_MAX_DIHEDRAL_COS = np.cos(np.radians(25.0))  # only flip edges of near-planar pairs
 FLIP_ANGLE_WEIGHT = 6.0  # valence units worth one radian of minimum angle in a flip
 MIN_SINE = 1e-4  # a face whose smallest angle has a smaller sine is degenerate
+UNTANGLE_ROUNDS = 4  # detect-and-smooth rounds of `untangle`
+UNTANGLE_RINGS = 2  # rings of neighbours smoothed around each crossing triangle
+UNTANGLE_STEPS = 6  # umbrella smoothing steps per round
 _BIG = torch.iinfo(torch.int64).max
 
 
@@ -418,6 +425,33 @@ def tangential_relaxation(vertices: torch.Tensor, faces: torch.Tensor,
     move = total / count[:, None] - v
     move -= (move * normal).sum(dim=1, keepdim=True) * normal
     return v + weight * move
+
+
+def untangle(vertices: torch.Tensor, faces: torch.Tensor,
+             rounds: int = UNTANGLE_ROUNDS) -> tuple[torch.Tensor, int]:
+    """Smooth the surface where it passes through itself; (vertices (V, 3), crossings left).
+
+    Each round finds the pairs of triangles that cross (`quality.crossing_pairs`) and moves
+    their vertices, and UNTANGLE_RINGS rings around them, UNTANGLE_STEPS times half way to
+    their neighbours' mean (umbrella smoothing): a fold or pit opens, a collapsed strand
+    shrinks. Elsewhere the surface does not move. vertices (V, 3) float, faces (F, 3) int64.
+    """
+    v = vertices.detach().clone()
+    faces_np = faces.cpu().numpy()
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # each edge both ways
+    count = torch.bincount(e[:, 0], minlength=len(v)).clamp_min(1).to(v.dtype)[:, None]
+    for _ in range(rounds):
+        pairs = crossing_pairs(v.cpu().numpy(), faces_np)
+        if len(pairs) == 0:
+            return v, 0
+        region = torch.zeros(len(v), dtype=torch.bool, device=v.device)
+        region[torch.as_tensor(faces_np[pairs.reshape(-1)].reshape(-1), device=v.device)] = True
+        for _ in range(UNTANGLE_RINGS):
+            region[e[region[e[:, 0]], 1]] = True
+        for _ in range(UNTANGLE_STEPS):
+            mean = torch.zeros_like(v).index_add_(0, e[:, 0], v[e[:, 1]]) / count
+            v[region] += 0.5 * (mean[region] - v[region])
+    return v, len(crossing_pairs(v.cpu().numpy(), faces_np))
 
 
 def vertex_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:

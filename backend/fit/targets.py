@@ -76,14 +76,24 @@ def view_groups(prep: Prepared, indices: list[int], scale: float, frame: Frame,
             cam = prep.views[i].camera.resized(w, h)
             mats.append(dataclasses.replace(cam, world_to_camera=cam.world_to_camera @ to_world))
         cams = Cameras.from_matrices(mats, dtype=dtype, device=device)
-        images = torch.tensor(np.stack([np.asarray(prep.views[i].image, dtype=np.float32)
-                                        for i in idx]), dtype=dtype, device=device)
-        if (w, h) != (width, height):
-            images = torch.nn.functional.interpolate(
-                images.permute(0, 3, 1, 2), size=(h, w), mode="area").permute(0, 2, 3, 1)
-        out.append(ViewGroup(idx, cams, images[..., 3].contiguous(),
+        images = torch.stack([_resized(prep.views[i].image, w, h, with_rgb, dtype, device)
+                              for i in idx])
+        out.append(ViewGroup(idx, cams, images[..., 3].contiguous() if with_rgb else images,
                              images[..., :3].contiguous() if with_rgb else None))
     return out
+
+
+def _resized(image: np.ndarray, w: int, h: int, with_rgb: bool, dtype, device) -> torch.Tensor:
+    """One view's (H, W, 4) image area-downsampled to (h, w, 4), or only its alpha (h, w)
+    without ``with_rgb``; one view at a time, so large image sets never sit in memory
+    twice at full size."""
+    image = np.asarray(image)
+    channels = image if with_rgb else image[..., 3:]
+    x = torch.as_tensor(np.ascontiguousarray(channels, dtype=np.float32)).to(device, dtype)
+    if x.shape[:2] != (h, w):
+        x = torch.nn.functional.interpolate(x.permute(2, 0, 1)[None], size=(h, w),
+                                            mode="area")[0].permute(1, 2, 0)
+    return x if with_rgb else x[..., 0].contiguous()
 
 
 def batches(groups: list[ViewGroup], chosen: list[int]) -> list[tuple[ViewGroup, list[int]]]:

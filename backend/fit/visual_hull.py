@@ -12,7 +12,7 @@ count. Projection uses the renderer's camera model (`backend.render.renderer.pro
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +27,10 @@ from .mesh_ops import face_components, icosphere, repair_mesh
 # Point depths below this (world units) count as behind a perspective camera.
 _MIN_DEPTH = 1e-6
 _CHUNK = 1 << 21  # points x views projected at once
+
+# Another solid's field on the carving grid: (lo (3,) the first grid point, step (grid
+# spacing), shape (nx, ny, nz)) -> (nx, ny, nz) float64, world units, negative inside.
+GridField = Callable[[np.ndarray, float, tuple[int, int, int]], np.ndarray]
 
 
 @dataclass
@@ -288,8 +292,9 @@ def _grid(lo: np.ndarray, hi: np.ndarray, resolution: int):
 
 
 def carve(silhouettes: Silhouettes, bbox_min: np.ndarray, bbox_max: np.ndarray,
-          resolution: int) -> tuple[np.ndarray, np.ndarray]:
-    """Marching-cubes mesh of the hull field on a grid over the (padded) box.
+          resolution: int, within: GridField | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Marching-cubes mesh of the hull field on a grid over the (padded) box, intersected
+    with the solid ``within`` describes when given (see `GridField`).
 
     Returns vertices (V, 3) float64 and faces (F, 3) int64, outward-facing, closed:
     the grid is framed by a layer counted as outside.
@@ -300,6 +305,8 @@ def carve(silhouettes: Silhouettes, bbox_min: np.ndarray, bbox_max: np.ndarray,
     points, shape = _grid(lo, hi, resolution)
     step = float((hi - lo).max()) / (resolution - 1)
     values = hull_field(points, silhouettes).reshape(shape)
+    if within is not None:
+        values = np.maximum(values, within(lo, step, shape))
     # Clamp to a few voxels: marching cubes only interpolates next to the surface.
     values = np.clip(np.nan_to_num(values, posinf=4 * step, neginf=-4 * step), -4 * step, 4 * step)
     values = np.pad(values, 1, constant_values=4 * step)
@@ -312,8 +319,9 @@ def carve(silhouettes: Silhouettes, bbox_min: np.ndarray, bbox_max: np.ndarray,
 
 
 def visual_hull(silhouettes: Silhouettes, target_faces: int = 3000,
-                max_resolution: int = 160) -> HullResult:
-    """The visual hull as a closed mesh with about `target_faces` faces (at most 1.3x).
+                max_resolution: int = 160, within: GridField | None = None) -> HullResult:
+    """The visual hull as a closed mesh with about `target_faces` faces (at most 1.3x);
+    with ``within``, the hull's intersection with that solid (`carve`).
 
     Raises ValueError (with the reason) when the views do not bound a common region.
     """
@@ -322,7 +330,7 @@ def visual_hull(silhouettes: Silhouettes, target_faces: int = 3000,
     bbox_min, bbox_max, messages = object_bounds(silhouettes)
     resolution = 32
     for _ in range(4):
-        verts, faces = carve(silhouettes, bbox_min, bbox_max, resolution)
+        verts, faces = carve(silhouettes, bbox_min, bbox_max, resolution, within)
         ratio = len(faces) / target_faces
         if 0.75 <= ratio <= 1.3:
             break
