@@ -5,10 +5,10 @@
    `backend.fit.visual_hull.hull_field`, per view), so one bad mask cannot carve the
    object away.
 2. Project the hull's voxels into every view (`backend.render.renderer.project_points`).
-3. Re-run GrabCut on each unflagged photo seeded by that projection: sure backdrop well outside
-   it, sure object where the projection and the first mask agree, GrabCut decides the
-   rest. A mask that took in backdrop (a cloth) or missed part of the object is
-   repaired this way.
+3. Re-run GrabCut on each unflagged photo seeded by its first mask and confined by that
+   projection: sure backdrop well outside it, sure object where the projection and the
+   first mask agree, GrabCut decides the rest. A clean mask stays as it was; one that
+   took in backdrop (a cloth) or missed part of the object is repaired.
 Views are judged on their first masks (step 3 would pull any mask towards the
 consensus): a view is flagged when too much of its mask lies outside the hull the
 others agree on, or its mask covers too little of the hull's projection (the photo
@@ -201,10 +201,18 @@ def project_hull(points: np.ndarray, step: float, camera: CameraMatrices) -> np.
 
 def refine_with_projection(image: np.ndarray, first: np.ndarray, projection: np.ndarray,
                            name: str, settings: ConsistencySettings) -> np.ndarray:
-    """GrabCut on `image` (H, W, 3|4) seeded by the hull's `projection` (H, W) bool:
-    sure backdrop beyond the band around it, sure object where it (eroded by the band)
-    and the `first` mask (H, W) bool agree, GrabCut decides within. Returns (H, W) bool,
-    cleaned (`clean_mask`)."""
+    """GrabCut on `image` (H, W, 3|4) seeded by the `first` mask (H, W) bool and confined
+    by the hull's `projection` (H, W) bool: sure backdrop beyond the band around the
+    projection, sure object where the projection (eroded by the band) and the first mask
+    agree, probable object where the first mask lies inside the projection, probable
+    backdrop in the rest of the band. Returns (H, W) bool, cleaned (`clean_mask`).
+
+    The colour models start from the first mask, not from the projection: the coarse
+    hull's projection is wider than the object, and seeding it as object taught GrabCut
+    backdrop colours, growing clean keyed masks by about a pixel all round (mask IoU
+    0.996 -> 0.969 on Cycles renders). Seeded by the key, a clean mask stays as keyed;
+    backdrop taken in outside the projection, or object missed inside it, is still
+    repaired by the colour models."""
     if image.shape[:2] != projection.shape:
         raise ValueError(f"{name}: the photo is {image.shape[1]}x{image.shape[0]} but its "
                          f"camera renders {projection.shape[1]}x{projection.shape[0]}")
@@ -213,7 +221,7 @@ def refine_with_projection(image: np.ndarray, first: np.ndarray, projection: np.
     core = cv2.erode(projection.astype(np.uint8), band).astype(bool)
     trimap = np.full(projection.shape, SURE_BG, dtype=np.uint8)
     trimap[grown] = PROBABLE_BG
-    trimap[projection] = PROBABLE_FG
+    trimap[projection & first] = PROBABLE_FG
     trimap[core & first] = SURE_FG
     mask = grabcut(image[..., :3], trimap, settings.grabcut_iterations, name)
     return clean_mask(mask)
