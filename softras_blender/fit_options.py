@@ -28,7 +28,8 @@ DEVICE_ITEMS = tuple((device.upper(), *DEVICE_LABELS[device]) for device in DEVI
 START_SHAPES = {"HULL": "hull", "SPHERE": "sphere"}
 
 # The regulariser weights that "smoothness" scales.
-SMOOTHNESS_WEIGHTS = ("laplacian_weight", "flatten_weight", "normal_weight")
+SMOOTHNESS_WEIGHTS = ("laplacian_weight", "flatten_weight", "normal_weight",
+                      "curvature_weight")
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import icosphere
 
 from backend.fit import losses
 from backend.fit.mesh_ops import edge_adjacency, edges, laplacian
@@ -143,3 +144,43 @@ def test_regularisers_of_a_closed_convex_mesh_have_no_interior_edges_missing():
     assert len(adj.edge) == 12  # every edge of a closed mesh has two faces
     # A convex polyhedron folds at every edge, so flatten is positive.
     assert losses.flatten_loss(v, adj).item() > 0
+
+
+def grid(n: int = 9, height=None):
+    """A flat n x n grid of unit squares split in two, z = height(x, y) (default 0)."""
+    x, y = np.meshgrid(np.arange(n, dtype=np.float64), np.arange(n, dtype=np.float64))
+    z = np.zeros_like(x) if height is None else height(x, y)
+    v = torch.tensor(np.stack([x, y, z], axis=-1).reshape(-1, 3))
+    k = np.arange(n * n).reshape(n, n)[:-1, :-1].reshape(-1)
+    f = np.concatenate([np.stack([k, k + 1, k + n + 1], 1), np.stack([k, k + n + 1, k + n], 1)])
+    return v, f
+
+
+def test_mean_curvature_of_a_sphere_is_the_inverse_radius():
+    v, f = icosphere(3, radius=2.0)
+    curvature = losses.mean_curvature(v, f, laplacian(f.numpy(), len(v), dtype=torch.float64))
+    np.testing.assert_allclose(curvature.numpy(), 0.5, rtol=0.02)
+
+
+def test_curvature_variation_is_zero_on_a_plane_and_a_sphere_but_not_on_waves():
+    v, f = icosphere(3, radius=0.5)
+    lap, e = laplacian(f.numpy(), len(v), dtype=torch.float64), torch.tensor(edges(f.numpy()))
+    sphere = losses.curvature_variation_loss(v, f, lap, e).item()
+    wavy = v * (1.0 + 0.01 * torch.sin(20.0 * v[:, :1]))
+    waves = losses.curvature_variation_loss(wavy, f, lap, e).item()
+    assert sphere < 1e-3 * waves
+    flat, ff = grid()
+    ff = torch.tensor(ff)
+    lap = laplacian(ff.numpy(), len(flat), dtype=torch.float64)
+    assert losses.curvature_variation_loss(flat, ff, lap, torch.tensor(edges(ff.numpy()))).item(
+    ) == pytest.approx(0.0, abs=1e-20)
+
+
+def test_curvature_variation_gradient_flattens_a_bump():
+    bumpy, f = grid(height=lambda x, y: 0.3 * np.exp(-((x - 4) ** 2 + (y - 4) ** 2)))
+    f = torch.tensor(f)
+    lap, e = laplacian(f.numpy(), len(bumpy), dtype=torch.float64), torch.tensor(edges(f.numpy()))
+    v = bumpy.clone().requires_grad_()
+    losses.curvature_variation_loss(v, f, lap, e).backward()
+    assert torch.isfinite(v.grad).all()
+    assert v.grad[4 * 9 + 4, 2] > 0  # a descent step lowers the bump's top

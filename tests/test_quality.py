@@ -103,8 +103,8 @@ def _all_pairs_crossing(vertices, faces) -> set[tuple[int, int]]:
     from backend.fit.quality import _triangles_cross
 
     i, j = np.triu_indices(len(faces), k=1)
-    shared = (faces[i][:, :, None] == faces[j][:, None, :]).any(axis=(1, 2))
-    i, j = i[~shared], j[~shared]
+    shared = (faces[i][:, :, None] == faces[j][:, None, :]).sum(axis=(1, 2))
+    i, j = i[shared <= 1], j[shared <= 1]
     p, q = vertices[faces[i]], vertices[faces[j]]
     hit = _triangles_cross(p, q) | _triangles_cross(q, p)
     return set(zip(i[hit].tolist(), j[hit].tolist(), strict=True))
@@ -120,6 +120,17 @@ def test_crossing_pairs_finds_two_triangles_through_each_other_and_not_neighbour
     assert len(crossing_pairs(apart, np.array([[0, 1, 2], [3, 4, 5]]))) == 0
     sphere_v, sphere_f = icosphere(3)
     assert len(crossing_pairs(sphere_v, sphere_f)) == 0  # neighbours touch, none cross
+
+
+def test_crossing_pairs_counts_a_fold_of_triangles_sharing_a_vertex_not_an_edge():
+    # Two triangles at vertex 0: the second folded back through the first; a third one
+    # shares an edge with the first and lies flat beside it.
+    vertices = np.array([[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0],
+                         [1.0, 0.5, -1.0], [1.0, 0.5, 1.0], [2.0, 2.0, 0.0]])
+    faces = np.array([[0, 1, 2], [0, 3, 4], [1, 5, 2]])
+    np.testing.assert_array_equal(crossing_pairs(vertices, faces), [[0, 1]])
+    vertices[3:5, 0] = -1.0  # the second triangle swung to the other side: no fold
+    assert len(crossing_pairs(vertices, faces)) == 0
 
 
 def test_crossing_pairs_on_a_dented_sphere_match_testing_every_pair():

@@ -43,7 +43,10 @@ class FitOptions:
     target silhouettes, with ``fit_colors``), ``laplacian_weight`` (Laplacian of the
     vertex offsets, so the initial shape's own detail is kept), ``flatten_weight``,
     ``edge_weight`` (edges near the initial mean length), ``normal_weight`` (normal
-    consistency); see `backend.fit.losses`.
+    consistency), ``curvature_weight`` (the squared gradient of the mean curvature: zero
+    on planes, spheres and cylinders, it flattens the waves and bumps the silhouettes
+    cannot see, such as on a flat top; in inverse length^4 of the normalised frame, hence
+    the small weight); see `backend.fit.losses`.
 
     Initial mesh (when none is given): ``init`` "hull" carves the visual hull,
     "sphere" stretches an icosphere over the hull's bounding box; ``init_faces`` is
@@ -89,6 +92,7 @@ class FitOptions:
     flatten_weight: float = 0.1
     edge_weight: float = 0.0
     normal_weight: float = 0.001
+    curvature_weight: float = 1e-6
     fit_transform: bool = True
     fit_colors: bool = False
     lighting: bool = False
@@ -150,7 +154,7 @@ class FitOptions:
              "init_faces must be 0 (automatic) or at least 100"),
         ]
         for name in ("silhouette_weight", "color_weight", "laplacian_weight", "flatten_weight",
-                     "edge_weight", "normal_weight", "camera_weight"):
+                     "edge_weight", "normal_weight", "curvature_weight", "camera_weight"):
             value = getattr(self, name)
             checks.append((math.isfinite(value) and value >= 0, f"{name} must be >= 0"))
         for ok, message in checks:

@@ -18,13 +18,13 @@ from ..render.renderer import RenderSettings, render, render_silhouette
 from . import losses
 from .adaptive import AdaptiveTopology
 from .camera_refine import CameraRefinement
-from .remesh import untangle
+from .remesh import UNTANGLE_ROUNDS, revert_crossings, untangle
 from .schedule import Schedule, Step, ViewSampler
 from .state import MeshState, Snapshot
 from .targets import Frame, TrainingTargets, ViewGroup, batches
 
-# Detect-and-smooth rounds at the end of the fit (one round every ``remesh_every``
-# iterations before): the returned surface should not pass through itself.
+# Detect-and-smooth rounds at the end of the fit when `Untangler` has no crossing-free
+# shape to go back to (one round at each check before): the result should not cross itself.
 FINAL_UNTANGLE_ROUNDS = 20
 
 
@@ -118,16 +118,19 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
     status, reason, completed, topology_changed = "done", "", 0, False
     t_loop = time.perf_counter()
     # Only a remeshed fit is untangled: a mesh kept as given may cross itself on purpose.
-    untangling = options.untangle and adaptive is not None
+    untangler = Untangler() if options.untangle and adaptive is not None else None
     for it in range(options.iterations):
         if should_stop is not None and should_stop():
             status, reason = "cancelled", f"cancelled after {it} iterations"
             break
         step = schedule.at(it)
+        checking = untangler is not None and it % options.remesh_every == 0
+        if checking:  # before remeshing, while the last clean shape has this topology
+            untangler.resolve(state, smoothing_rounds=1)
         changed, skipped = _change_topology(state, step, options, adaptive)
         messages += skipped
-        if untangling and it % options.remesh_every == 0:
-            _untangle(state, rounds=1)  # moves vertices only; the faces stay
+        if checking:
+            untangler.remember(state, topology_changed=changed)
         if changed:
             topology_changed = True
             reporter.topology_changed()
@@ -150,8 +153,8 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
         history.append({"iteration": completed, **record, "sigma": step.sigma,
                         "resolution": step.resolution})
         reporter.send(completed, record, iou, last_good)
-    if untangling and completed and status != "diverged":
-        moved, left = _untangle(state, rounds=FINAL_UNTANGLE_ROUNDS)
+    if untangler is not None and completed and status != "diverged":
+        moved, left = untangler.resolve(state, smoothing_rounds=FINAL_UNTANGLE_ROUNDS)
         last_good = state.snapshot() if moved else last_good
         if left:
             messages.append(f"{left} pairs of triangles still cross after untangling (the "
@@ -160,17 +163,52 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
                       time.perf_counter() - t_loop)
 
 
-def _untangle(state: MeshState, rounds: int) -> tuple[bool, int]:
-    """Smooth the shape where it passes through itself (`remesh.untangle`), optimiser
-    moments kept; (whether vertices moved, crossing pairs left)."""
-    with torch.no_grad():
-        shape = state.shape().detach()
-    untangled, left = untangle(shape, state.faces, rounds)
-    if torch.equal(untangled, shape):
-        return False, left
-    logits = None if state.color_logits is None else state.color_logits.detach()
-    state.set_mesh(untangled, state.faces_np, logits, state.vertex_moments())
-    return True, left
+class Untangler:
+    """Keeps a remeshed fit from passing through itself (docs/design.md, "Self-intersections:
+    untangling"). It keeps the shape of the last check that found no crossing; where the
+    surface crosses itself later, the vertices involved go back there and lose their
+    momentum (`remesh.revert_crossings`). Without such a shape of the current topology
+    (a start that crosses itself, a remesh or subdivision that made crossings), the
+    crossings are smoothed away instead (`remesh.untangle`)."""
+
+    def __init__(self):
+        self.clean: tuple[torch.Tensor, np.ndarray] | None = None  # (shape (V, 3), faces)
+        self.checked: torch.Tensor | None = None  # the last shape `resolve` left clean
+
+    def resolve(self, state: MeshState, smoothing_rounds: int) -> tuple[bool, int]:
+        """Remove the shape's crossings; (whether vertices moved, crossing pairs left)."""
+        with torch.no_grad():
+            shape = state.shape().detach()
+        moments = state.vertex_moments()
+        if self._fits(state):
+            fixed, reverted = revert_crossings(shape, self.clean[0], state.faces)
+            left = 0
+            # Momentum would carry the reverted vertices straight back. The second moments
+            # stay: zeroed, plain Adam's next step there would be several times too long.
+            shape_moments = moments["shape"]
+            if "exp_avg" in shape_moments:
+                shape_moments["exp_avg"] = shape_moments["exp_avg"].masked_fill(
+                    reverted[:, None], 0.0)
+        else:
+            fixed, left = untangle(shape, state.faces, smoothing_rounds)
+        self.checked = fixed if left == 0 else None
+        if torch.equal(fixed, shape):
+            return False, left
+        logits = None if state.color_logits is None else state.color_logits.detach()
+        state.set_mesh(fixed, state.faces_np, logits, moments)
+        return True, left
+
+    def remember(self, state: MeshState, topology_changed: bool) -> None:
+        """Keep the shape to go back to: the one `resolve` just left clean (exactly as checked:
+        the state holds it to the solver's rounding); after a topology change, the state's
+        shape once the crossings the change made are smoothed away; none if some are left."""
+        if topology_changed:
+            self.resolve(state, smoothing_rounds=UNTANGLE_ROUNDS)
+        self.clean = None if self.checked is None else (self.checked, state.faces_np)
+
+    def _fits(self, state: MeshState) -> bool:
+        """Whether the kept shape has the state's topology."""
+        return self.clean is not None and np.array_equal(self.clean[1], state.faces_np)
 
 
 def _change_topology(state: MeshState, step: Step, options: FitOptions,
@@ -207,7 +245,7 @@ def _iteration(state: MeshState, groups: list[ViewGroup], chosen: list[int],
     weights = {"silhouette": options.silhouette_weight, "color": options.color_weight,
                "laplacian": options.laplacian_weight, "flatten": options.flatten_weight,
                "edge": options.edge_weight, "normal": options.normal_weight,
-               "camera": options.camera_weight}
+               "curvature": options.curvature_weight, "camera": options.camera_weight}
     total = sum(weights[k] * v for k, v in terms.items())
     total.backward()
     state.step()
@@ -252,12 +290,16 @@ def image_losses(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tens
 def geometry_losses(state: MeshState) -> dict[str, torch.Tensor]:
     """The regularisers of the current shape (normalised frame, before the transform)."""
     shape = state.shape()
-    return {
+    terms = {
         "laplacian": state.laplacian_loss(),
         "flatten": losses.flatten_loss(shape, state.adjacency),
         "edge": losses.edge_length_loss(shape, state.edges, state.edge_target),
         "normal": losses.normal_consistency_loss(shape, state.faces, state.adjacency),
     }
+    if state.options.curvature_weight > 0:  # the one term that costs a sparse product
+        terms["curvature"] = losses.curvature_variation_loss(shape, state.faces, state.laplacian,
+                                                             state.edges)
+    return terms
 
 
 def _non_finite(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> list[str]:

@@ -111,3 +111,52 @@ def normal_consistency_loss(vertices: torch.Tensor, faces: torch.Tensor,
     cosine = (gather_faces(normals, pair[:, 0]) * gather_faces(normals, pair[:, 1])).sum(dim=1)
     return (1.0 - cosine).mean()
 
+
+
+def mean_curvature(vertices: torch.Tensor, faces: torch.Tensor,
+                   laplacian: torch.Tensor) -> torch.Tensor:
+    """Signed mean curvature (V,) from the umbrella vector: ``2 (L v)_i . n_i / h_i^2``.
+
+    vertices: (V, 3); faces: (F, 3) int64; laplacian: the sparse row-normalised uniform
+    Laplacian (V, V) (`backend.fit.mesh_ops.laplacian`). n_i is the area-weighted vertex
+    normal and h_i^2 the mean squared length of the edges at i, both held constant for
+    the gradient (a vertex ring at distance h on a sphere of radius R sits h^2 / 2R off the
+    tangent plane, hence the 2: curvature 1/R, in inverse units of the vertices).
+    """
+    a, b, c = (gather_faces(vertices, faces[:, k]) for k in range(3))
+    with torch.no_grad():
+        face_normal = torch.cross(b - a, c - a, dim=1)
+        normal = torch.zeros_like(vertices).index_add_(
+            0, faces.reshape(-1), face_normal.repeat_interleave(3, dim=0))
+        normal = normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        # Each face's three edges, counted from both ends; (sum of squares, count) per vertex.
+        sq = torch.stack([(b - a).square().sum(1), (c - b).square().sum(1),
+                          (a - c).square().sum(1)], dim=1)  # (F, 3): edges ab, bc, ca
+        ends = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
+        lengths = torch.cat([sq[:, 0], sq[:, 1], sq[:, 2]]).repeat(2)
+        total = torch.zeros(len(vertices), dtype=vertices.dtype, device=vertices.device)
+        total.index_add_(0, ends.T.reshape(-1), lengths)
+        count = torch.zeros_like(total).index_add_(0, ends.T.reshape(-1),
+                                                   torch.ones_like(lengths))
+        h2 = (total / count.clamp_min(1)).clamp_min(1e-12)
+    umbrella = torch.sparse.mm(laplacian, vertices)
+    return 2.0 * (umbrella * normal).sum(dim=1) / h2
+
+
+def curvature_variation_loss(vertices: torch.Tensor, faces: torch.Tensor,
+                             laplacian: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Mean over edges of ``((H_a - H_b) / |e|)^2``, H the mean curvature (`mean_curvature`):
+    the squared gradient of the curvature, averaged over the surface.
+
+    Zero on planes, spheres and cylinders alike, large on waves and bumps: it flattens a
+    wavy flat top without rounding a uniformly curved body. edges: (E, 2) int64; the
+    edge lengths are held constant for the gradient (the loss would otherwise lengthen
+    edges). In inverse length^4 of the vertices' units.
+    """
+    curvature = mean_curvature(vertices, faces, laplacian)
+    with torch.no_grad():
+        length2 = (gather_faces(vertices, edges[:, 0]) - gather_faces(vertices, edges[:, 1]))
+        length2 = length2.square().sum(dim=1).clamp_min(1e-12)
+    diff = gather_faces(curvature[:, None], edges[:, 0]) - gather_faces(curvature[:, None],
+                                                                         edges[:, 1])
+    return (diff[:, 0].square() / length2).mean()

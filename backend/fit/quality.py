@@ -2,7 +2,7 @@
 
     angles = min_angles(vertices, faces)     # (F,) degrees, 0 for a degenerate triangle
     stats = quality_stats(vertices, faces)   # dict of plain floats, for reports and benchmarks
-    pairs = crossing_pairs(vertices, faces)  # (P, 2) faces that cross, sharing no vertex
+    pairs = crossing_pairs(vertices, faces)  # (P, 2) faces that cross, sharing no edge
 
 A well-shaped surface mesh has every triangle's smallest angle far from zero
 (60 degrees for an equilateral triangle); slivers (a small minimum angle) make
@@ -72,10 +72,12 @@ GRID_CELLS_PER_TRIANGLE = 1.0  # grid cell side in typical (median) triangle box
 
 
 def crossing_pairs(vertices, faces) -> np.ndarray:
-    """Pairs of triangles that intersect and share no vertex: (P, 2) int64, i < j per row.
+    """Pairs of triangles that intersect and share no edge: (P, 2) int64, i < j per row.
 
     vertices: (V, 3) float; faces: (F, 3) integer. A clean closed surface has none; each
-    pair is one place where the surface passes through itself. Triangles touching only
+    pair is one place where the surface passes through itself (two triangles sharing a
+    vertex count if they cross beyond it: a fold, as Blender's BVH overlap test counts
+    them). Triangles touching only
     in a plane (coplanar overlaps) are not counted. Candidates come from a uniform grid of
     the triangles' bounding boxes, then an exact edge-through-triangle test in float64.
     """
@@ -84,8 +86,9 @@ def crossing_pairs(vertices, faces) -> np.ndarray:
     if len(candidates) == 0:
         return candidates
     a, b = faces[candidates[:, 0]], faces[candidates[:, 1]]
-    disjoint = ~(a[:, :, None] == b[:, None, :]).any(axis=(1, 2))
-    candidates = candidates[disjoint]
+    # Neighbours across an edge touch along it; those sharing one vertex can still fold
+    # over each other (the test ignores edges from the shared vertex: it lies in the plane).
+    candidates = candidates[(a[:, :, None] == b[:, None, :]).sum(axis=(1, 2)) <= 1]
     p, q = vertices[faces[candidates[:, 0]]], vertices[faces[candidates[:, 1]]]
     return candidates[_triangles_cross(p, q) | _triangles_cross(q, p)]
 
