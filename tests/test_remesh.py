@@ -10,8 +10,6 @@ import torch
 from conftest import has_cuda, icosphere
 
 from backend.core.camera import blender_camera, look_at
-from backend.core.options import FitOptions
-from backend.fit.loop import Untangler
 from backend.fit.mesh_ops import check_mesh, signed_volume
 from backend.fit.quality import crossing_pairs
 from backend.fit.remesh import (
@@ -19,12 +17,10 @@ from backend.fit.remesh import (
     pixel_target_lengths,
     remesh,
     replace_parameter,
-    revert_crossings,
     tangential_relaxation,
     untangle,
     vertex_state,
 )
-from backend.fit.state import MeshState
 
 
 def oriented(v: np.ndarray, f: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -329,56 +325,3 @@ def test_untangle_leaves_a_clean_mesh_as_it_is():
     v, f = icosphere(3)
     out, left = untangle(v, f)
     assert left == 0 and torch.equal(out, v)
-
-
-def test_revert_crossings_moves_only_the_crossing_parts_back_to_the_clean_shape():
-    v, f = icosphere(3)
-    moved = v * 1.05  # the whole fit moved on since the clean check ...
-    moved[0] *= -1.4  # ... and one vertex went through the far side
-    assert len(crossing_pairs(moved.numpy(), f.numpy())) > 0
-    out, reverted = revert_crossings(moved, v, f)
-    assert len(crossing_pairs(out.numpy(), f.numpy())) == 0
-    assert reverted[0] and reverted.sum() < 0.1 * len(v)  # the spike, and what it crossed
-    assert torch.equal(out[reverted], v[reverted])
-    assert torch.equal(out[~reverted], moved[~reverted])  # the rest keeps its progress
-
-
-def test_revert_crossings_leaves_a_clean_shape_as_it_is():
-    v, f = icosphere(3)
-    out, reverted = revert_crossings(v * 1.1, v, f)
-    assert not reverted.any() and torch.equal(out, v * 1.1)
-
-
-def test_revert_crossings_refuses_a_clean_shape_that_crosses_or_does_not_match():
-    v, f = icosphere(3)
-    folded = v.clone()
-    folded[0] = -1.4 * v[0]
-    with pytest.raises(ValueError, match="crossing-free shape crosses itself"):
-        revert_crossings(folded, folded, f)
-    with pytest.raises(ValueError, match="take it after the last remesh"):
-        revert_crossings(v, v[:-1], f)
-
-
-@pytest.mark.parametrize("large_steps", [True, False])
-def test_untangler_sends_crossing_vertices_back_without_their_momentum(large_steps):
-    v, f = icosphere(3)
-    state = MeshState(v.float(), f.numpy(), FitOptions(large_steps=large_steps), None)
-    untangler = Untangler()
-    untangler.resolve(state, smoothing_rounds=1)
-    untangler.remember(state, topology_changed=False)  # the sphere: clean
-    for _ in range(3):  # some momentum everywhere
-        state.zero_grad()
-        ((state.shape() * 1.1).detach() - state.shape()).pow(2).sum().backward()
-        state.step()
-    # Then the fit moves every vertex outward a little and one through the far side.
-    moved = state.shape().detach() * 1.05
-    moved[0] *= -1.4
-    state.set_mesh(moved, state.faces_np, None, state.vertex_moments())
-    assert len(crossing_pairs(state.shape().detach().numpy(), f.numpy())) > 0
-    moved, left = untangler.resolve(state, smoothing_rounds=1)
-    after = state.shape().detach()
-    assert moved and left == 0 and len(crossing_pairs(after.numpy(), f.numpy())) == 0
-    back = (after - untangler.clean[0]).norm(dim=1) < 1e-4
-    assert back[0] and back.sum() < 0.5 * len(v)  # the rest keeps its progress
-    momentum = state.vertex_moments()["shape"]["exp_avg"]
-    assert (momentum[0] == 0).all() and momentum[~back].abs().sum() > 0

@@ -18,13 +18,13 @@ from ..render.renderer import RenderSettings, render, render_silhouette
 from . import losses
 from .adaptive import AdaptiveTopology
 from .camera_refine import CameraRefinement
-from .remesh import UNTANGLE_ROUNDS, revert_crossings, untangle
+from .remesh import untangle
 from .schedule import Schedule, Step, ViewSampler
 from .state import MeshState, Snapshot
 from .targets import Frame, TrainingTargets, ViewGroup, batches
 
-# Detect-and-smooth rounds at the end of the fit when `Untangler` has no crossing-free
-# shape to go back to (one round at each check before): the result should not cross itself.
+# Detect-and-smooth rounds at the end of the fit (one round every ``remesh_every``
+# iterations before): the returned surface should not pass through itself.
 FINAL_UNTANGLE_ROUNDS = 20
 
 
@@ -118,27 +118,27 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
     status, reason, completed, topology_changed = "done", "", 0, False
     t_loop = time.perf_counter()
     # Only a remeshed fit is untangled: a mesh kept as given may cross itself on purpose.
-    untangler = Untangler() if options.untangle and adaptive is not None else None
+    untangling = options.untangle and adaptive is not None
     for it in range(options.iterations):
         if should_stop is not None and should_stop():
             status, reason = "cancelled", f"cancelled after {it} iterations"
             break
         step = schedule.at(it)
-        checking = untangler is not None and it % options.remesh_every == 0
-        if checking:  # before remeshing, while the last clean shape has this topology
-            untangler.resolve(state, smoothing_rounds=1)
         changed, skipped = _change_topology(state, step, options, adaptive)
         messages += skipped
-        if checking:
-            untangler.remember(state, topology_changed=changed)
+        if untangling and it % options.remesh_every == 0:
+            _untangle(state, rounds=1)  # moves vertices only; the faces stay
         if changed:
             topology_changed = True
             reporter.topology_changed()
             last_good = state.snapshot()
         state.set_lr_factor(step.lr_factor)
+        # The curvature term flattens what the finest level's silhouettes leave loose;
+        # through the coarse levels it would stiffen a rough start that still has far to go.
+        finest = step.level == len(schedule.levels) - 1
         terms, total, step_iou = _iteration(state, targets.at(step.level), sampler.next(),
                                             dataclasses.replace(settings, sigma=step.sigma),
-                                            options, refinement)
+                                            options, refinement, curvature=finest)
         if refinement is not None:
             refinement.step(step.lr_factor, step.camera_ramp)
         bad = _non_finite(terms, state.params() + (refinement.params() if refinement else []))
@@ -153,8 +153,8 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
         history.append({"iteration": completed, **record, "sigma": step.sigma,
                         "resolution": step.resolution})
         reporter.send(completed, record, iou, last_good)
-    if untangler is not None and completed and status != "diverged":
-        moved, left = untangler.resolve(state, smoothing_rounds=FINAL_UNTANGLE_ROUNDS)
+    if untangling and completed and status != "diverged":
+        moved, left = _untangle(state, rounds=FINAL_UNTANGLE_ROUNDS)
         last_good = state.snapshot() if moved else last_good
         if left:
             messages.append(f"{left} pairs of triangles still cross after untangling (the "
@@ -163,52 +163,17 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
                       time.perf_counter() - t_loop)
 
 
-class Untangler:
-    """Keeps a remeshed fit from passing through itself (docs/design.md, "Self-intersections:
-    untangling"). It keeps the shape of the last check that found no crossing; where the
-    surface crosses itself later, the vertices involved go back there and lose their
-    momentum (`remesh.revert_crossings`). Without such a shape of the current topology
-    (a start that crosses itself, a remesh or subdivision that made crossings), the
-    crossings are smoothed away instead (`remesh.untangle`)."""
-
-    def __init__(self):
-        self.clean: tuple[torch.Tensor, np.ndarray] | None = None  # (shape (V, 3), faces)
-        self.checked: torch.Tensor | None = None  # the last shape `resolve` left clean
-
-    def resolve(self, state: MeshState, smoothing_rounds: int) -> tuple[bool, int]:
-        """Remove the shape's crossings; (whether vertices moved, crossing pairs left)."""
-        with torch.no_grad():
-            shape = state.shape().detach()
-        moments = state.vertex_moments()
-        if self._fits(state):
-            fixed, reverted = revert_crossings(shape, self.clean[0], state.faces)
-            left = 0
-            # Momentum would carry the reverted vertices straight back. The second moments
-            # stay: zeroed, plain Adam's next step there would be several times too long.
-            shape_moments = moments["shape"]
-            if "exp_avg" in shape_moments:
-                shape_moments["exp_avg"] = shape_moments["exp_avg"].masked_fill(
-                    reverted[:, None], 0.0)
-        else:
-            fixed, left = untangle(shape, state.faces, smoothing_rounds)
-        self.checked = fixed if left == 0 else None
-        if torch.equal(fixed, shape):
-            return False, left
-        logits = None if state.color_logits is None else state.color_logits.detach()
-        state.set_mesh(fixed, state.faces_np, logits, moments)
-        return True, left
-
-    def remember(self, state: MeshState, topology_changed: bool) -> None:
-        """Keep the shape to go back to: the one `resolve` just left clean (exactly as checked:
-        the state holds it to the solver's rounding); after a topology change, the state's
-        shape once the crossings the change made are smoothed away; none if some are left."""
-        if topology_changed:
-            self.resolve(state, smoothing_rounds=UNTANGLE_ROUNDS)
-        self.clean = None if self.checked is None else (self.checked, state.faces_np)
-
-    def _fits(self, state: MeshState) -> bool:
-        """Whether the kept shape has the state's topology."""
-        return self.clean is not None and np.array_equal(self.clean[1], state.faces_np)
+def _untangle(state: MeshState, rounds: int) -> tuple[bool, int]:
+    """Smooth the shape where it passes through itself (`remesh.untangle`), optimiser
+    moments kept; (whether vertices moved, crossing pairs left)."""
+    with torch.no_grad():
+        shape = state.shape().detach()
+    untangled, left = untangle(shape, state.faces, rounds)
+    if torch.equal(untangled, shape):
+        return False, left
+    logits = None if state.color_logits is None else state.color_logits.detach()
+    state.set_mesh(untangled, state.faces_np, logits, state.vertex_moments())
+    return True, left
 
 
 def _change_topology(state: MeshState, step: Step, options: FitOptions,
@@ -230,16 +195,17 @@ def _change_topology(state: MeshState, step: Step, options: FitOptions,
 
 def _iteration(state: MeshState, groups: list[ViewGroup], chosen: list[int],
                settings: RenderSettings, options: FitOptions,
-               refinement: CameraRefinement | None = None):
+               refinement: CameraRefinement | None = None, curvature: bool = True):
     """One Adam step on the chosen views (view indices); the camera corrections'
-    gradients are left for ``refinement.step``. Returns (the loss terms, their
-    weighted total, the hard IoU of each view rendered by view index)."""
+    gradients are left for ``refinement.step``; ``curvature``: include the curvature
+    term. Returns (the loss terms, their weighted total, the hard IoU of each view
+    rendered by view index)."""
     state.zero_grad()
     if refinement is not None:
         refinement.zero_grad()
     terms, step_iou = image_losses(state.vertices(), state.faces, state.colors(),
                                    batches(groups, chosen), settings, refinement)
-    terms.update(geometry_losses(state))
+    terms.update(geometry_losses(state, curvature))
     if refinement is not None:
         terms["camera"] = refinement.regulariser()
     weights = {"silhouette": options.silhouette_weight, "color": options.color_weight,
@@ -287,8 +253,9 @@ def image_losses(vertices: torch.Tensor, faces: torch.Tensor, colors: torch.Tens
     return terms, ious
 
 
-def geometry_losses(state: MeshState) -> dict[str, torch.Tensor]:
-    """The regularisers of the current shape (normalised frame, before the transform)."""
+def geometry_losses(state: MeshState, curvature: bool = True) -> dict[str, torch.Tensor]:
+    """The regularisers of the current shape (normalised frame, before the transform);
+    ``curvature``: include the curvature term (when its weight is not 0)."""
     shape = state.shape()
     terms = {
         "laplacian": state.laplacian_loss(),
@@ -296,7 +263,7 @@ def geometry_losses(state: MeshState) -> dict[str, torch.Tensor]:
         "edge": losses.edge_length_loss(shape, state.edges, state.edge_target),
         "normal": losses.normal_consistency_loss(shape, state.faces, state.adjacency),
     }
-    if state.options.curvature_weight > 0:  # the one term that costs a sparse product
+    if curvature and state.options.curvature_weight > 0:  # the one costing a sparse product
         terms["curvature"] = losses.curvature_variation_loss(shape, state.faces, state.laplacian,
                                                              state.edges)
     return terms

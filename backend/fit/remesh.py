@@ -454,36 +454,6 @@ def untangle(vertices: torch.Tensor, faces: torch.Tensor,
     return v, len(crossing_pairs(v.cpu().numpy(), faces_np))
 
 
-def revert_crossings(vertices: torch.Tensor, clean: torch.Tensor,
-                     faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move the vertices of crossing triangles back to a crossing-free shape of the same mesh.
-
-    A collision response: the vertices of every pair of triangles that cross
-    (`quality.crossing_pairs`) take their positions in `clean`; where that makes new
-    crossings with vertices not yet moved back, those follow, until none is left (at worst
-    the whole shape is `clean`). Unlike smoothing it moves nothing but the colliding
-    parts, to where they were, so thin parts keep their width. vertices, clean: (V, 3)
-    float; faces: (F, 3) int64. Returns (vertices (V, 3), reverted (V,) bool).
-    """
-    if clean.shape != vertices.shape:
-        raise ValueError(f"the crossing-free shape {tuple(clean.shape)} does not match the "
-                         f"vertices {tuple(vertices.shape)}: take it after the last remesh")
-    v = vertices.detach().clone()
-    faces_np = faces.cpu().numpy()
-    reverted = torch.zeros(len(v), dtype=torch.bool, device=v.device)
-    while True:
-        pairs = crossing_pairs(v.cpu().numpy(), faces_np)
-        if len(pairs) == 0:
-            return v, reverted
-        region = torch.zeros_like(reverted)
-        region[torch.as_tensor(faces_np[pairs.reshape(-1)].reshape(-1), device=v.device)] = True
-        if not (region & ~reverted).any():
-            raise ValueError("the crossing-free shape crosses itself: pass a shape that "
-                             "quality.crossing_pairs finds clean")
-        v[region] = clean[region].to(v.dtype)
-        reverted |= region
-
-
 def vertex_state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict:
     """The optimiser's per-vertex state of `param` (V, ...): {name: (V, ...) tensor}.
 
