@@ -61,8 +61,9 @@ class FitOptions:
     (in Blender: a shape key on the user's mesh). With "adapt", ``untangle`` smooths the
     surface where it passes through itself, every ``remesh_every`` iterations and at the
     end (`backend.fit.remesh.untangle`; turn it off for a start whose parts cross on
-    purpose). ``large_steps`` optimises the shape through u = (I + ``smoothing`` L) v
-    (Nicolet et al. 2021), moved by a uniform Adam at ``large_steps_lr``, instead of Adam
+    purpose; a fit that refines cameras is not untangled, see `backend.fit.loop`).
+    ``large_steps`` optimises the shape through u = (I + ``smoothing`` L) v (Nicolet et
+    al. 2021), moved by a uniform Adam at ``large_steps_lr``, instead of Adam
     on offsets at ``learning_rate`` held by the Laplacian term (``laplacian_weight`` then
     does nothing).
 
