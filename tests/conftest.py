@@ -25,6 +25,23 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 TEMPLE_DIR = REPO / "data" / "templeSparseRing"
 
 
+def write_photos(folder: Path, kinds: list[str], size=(240, 180)) -> Path:
+    """PNG photos for camera solves: "noise" (blobs a few pixels wide: plenty of SIFT
+    features, matching no other photo) or "plain" (grey: no features)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(9)
+    for i, kind in enumerate(kinds):
+        if kind == "noise":
+            small = rng.integers(0, 256, size=(size[1] // 4, size[0] // 4), dtype=np.uint8)
+            image = Image.fromarray(small).resize(size, Image.BILINEAR)
+        else:
+            image = Image.new("L", size, 128)
+        image.save(folder / f"photo_{i}.png")
+    return folder
+
+
 def has_cuda() -> bool:
     """A real CUDA device and CuPy (independent of the emulation fixture's patch)."""
     import importlib.util

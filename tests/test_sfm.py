@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_photos
 
 from backend.core.camera import blender_camera, look_at, orbit_cameras, world_to_camera
 from backend.core.camera_files import read_colmap
@@ -188,22 +189,6 @@ def test_written_colmap_model_reads_back(tmp_path):
 
 needs_pycolmap = pytest.mark.skipif(importlib.util.find_spec("pycolmap") is None,
                                     reason="pycolmap is not installed (the backend extra)")
-
-
-def write_photos(folder, kinds, size=(240, 180)):
-    """PNG photos: "noise" (random texture, matching nothing else) or "plain" (grey)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(9)
-    for i, kind in enumerate(kinds):
-        if kind == "noise":  # blobs a few pixels wide: plenty of SIFT features
-            small = rng.integers(0, 256, size=(size[1] // 4, size[0] // 4), dtype=np.uint8)
-            image = Image.fromarray(small).resize(size, Image.BILINEAR)
-        else:
-            image = Image.new("L", size, 128)
-        image.save(folder / f"photo_{i}.png")
-    return folder
 
 
 def test_too_few_photos_and_a_missing_folder_are_refused(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_photos
 
 from backend.core import messages, protocol
 from softras_blender.client import BackendClient, default_backend_command
@@ -25,23 +26,6 @@ NO_PYCOLMAP = (f"{sys.executable} -c \"import runpy, sys; sys.modules['pycolmap'
                "runpy.run_module('backend', run_name='__main__', alter_sys=True)\"")
 
 
-def write_photos(folder: Path, kinds: list[str], size=(240, 180)) -> Path:
-    """PNG photos: "noise" (blobs: many SIFT features, matching no other photo) or
-    "plain" (grey: no features)."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(9)
-    for i, kind in enumerate(kinds):
-        if kind == "noise":
-            small = rng.integers(0, 256, size=(size[1] // 4, size[0] // 4), dtype=np.uint8)
-            image = Image.fromarray(small).resize(size, Image.BILINEAR)
-        else:
-            image = Image.new("L", size, 128)
-        image.save(folder / f"photo_{i}.png")
-    return folder
-
-
 def round_trip(message: dict) -> dict:
     """The message as the other side reads it off the wire."""
     import io
@@ -53,6 +37,20 @@ def round_trip(message: dict) -> dict:
 
 
 # --- the message ----------------------------------------------------------------------
+
+
+def ring_of_eight(height: float) -> list:
+    """Eight 320x240 cameras 45 degrees apart on a ring of radius 4 at ``height`` x 4 above
+    the origin, looking at it, the first from -Y."""
+    from backend.core.camera import blender_camera, look_at
+
+    cameras = []
+    for i in range(8):
+        angle = 2 * np.pi * i / 8
+        eye = 4.0 * np.array([np.sin(angle), -np.cos(angle), height])
+        cameras.append(blender_camera(matrix_world=look_at(eye, np.zeros(3)), resolution_x=320,
+                                      resolution_y=240))
+    return cameras
 
 
 def test_solve_cameras_request_survives_the_wire():
@@ -80,17 +78,12 @@ def test_sideways_photos_take_up_from_the_cameras_looking_down():
     """Photos rolled 90 degrees (portrait photos stored sideways, as the Middlebury temple
     ring's): their up says nothing about the ring's side, so the cameras, which look
     down on the subject, end up above it."""
-    from backend.core.camera import blender_camera, look_at
     from backend.sfm import SolvedCamera, SolveResult, normalise_scene
 
     roll = np.diag([1.0, 1.0, 1.0, 1.0])
     roll[:2, :2] = [[0.0, -1.0], [1.0, 0.0]]  # 90 degrees about the viewing axis
     cameras = []
-    for i in range(8):
-        angle = 2 * np.pi * i / 8
-        eye = 4.0 * np.array([np.sin(angle), -np.cos(angle), 0.5])
-        camera = blender_camera(matrix_world=look_at(eye, np.zeros(3)), resolution_x=320,
-                                resolution_y=240)
+    for i, camera in enumerate(ring_of_eight(height=0.5)):
         rolled = type(camera)(camera.intrinsics, roll @ camera.world_to_camera, 320, 240,
                               False)
         cameras.append(SolvedCamera(f"v{i}", f"v{i}.png", rolled, "PINHOLE", 100))
@@ -239,17 +232,12 @@ def solved_reply(tmp_path: Path) -> dict:
     origin (photos on disk; one more photo left out), its model written by backend.sfm."""
     from PIL import Image
 
-    from backend.core.camera import blender_camera, look_at
     from backend.sfm import SolvedCamera, SolveResult, UnregisteredImage, write_colmap_model
 
     photos = tmp_path / "statue"
     photos.mkdir()
     cameras = []
-    for i in range(8):
-        angle = 2 * np.pi * i / 8
-        eye = 4.0 * np.array([np.sin(angle), -np.cos(angle), 0.4])
-        camera = blender_camera(matrix_world=look_at(eye, np.zeros(3)), resolution_x=320,
-                                resolution_y=240)
+    for i, camera in enumerate(ring_of_eight(height=0.4)):
         Image.new("RGB", (320, 240), (90, 120, 150)).save(photos / f"view_{i}.png")
         cameras.append(SolvedCamera(f"view_{i}", f"view_{i}.png", camera, "PINHOLE", 500))
     Image.new("RGB", (320, 240)).save(photos / "view_8.png")
