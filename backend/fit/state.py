@@ -74,16 +74,21 @@ class MeshState:
         old_shape, old_colors = getattr(self, "shape_param", None), getattr(
             self, "color_logits", None)
         device, dtype = shape.device, shape.dtype
-        self.faces_np = faces
-        self.faces = torch.as_tensor(faces, dtype=torch.long, device=device)
-        self._set_shape(shape.detach())
+        # Only the vertices moved (untangling): what the faces determine stays, the
+        # large-steps factorisation included.
+        same_topology = (old_shape is not None and len(old_shape) == len(shape)
+                         and np.array_equal(self.faces_np, faces))
+        if not same_topology:
+            self.faces_np = faces
+            self.faces = torch.as_tensor(faces, dtype=torch.long, device=device)
+            self.laplacian = laplacian(faces, len(shape), dtype=dtype, device=device)
+            adjacency = edge_adjacency(faces)
+            self.adjacency = EdgeAdjacency(*(torch.as_tensor(x, device=device) for x in (
+                adjacency.edge, adjacency.opposite, adjacency.face_pair)))
+            self.edges = torch.as_tensor(edges(faces), device=device)
+        self._set_shape(shape.detach(), refactor=not same_topology)
         self.color_logits = (None if color_logits is None
                              else color_logits.detach().clone().requires_grad_(True))
-        self.laplacian = laplacian(faces, len(shape), dtype=dtype, device=device)
-        adjacency = edge_adjacency(faces)
-        self.adjacency = EdgeAdjacency(*(torch.as_tensor(x, device=device) for x in (
-            adjacency.edge, adjacency.opposite, adjacency.face_pair)))
-        self.edges = torch.as_tensor(edges(faces), device=device)
         lengths = (shape[self.edges[:, 0]] - shape[self.edges[:, 1]]).norm(dim=1)
         self.edge_target = float(lengths.mean()) if len(lengths) else 1.0
         if moments is None:
@@ -93,13 +98,16 @@ class MeshState:
         if self.color_logits is not None:
             replace_parameter(self.optimizer, old_colors, self.color_logits, moments["color"])
 
-    def _set_shape(self, shape: torch.Tensor) -> None:
+    def _set_shape(self, shape: torch.Tensor, refactor: bool = True) -> None:
         """The shape parameter at ``shape`` (V, 3): zero offsets from it, or its
-        differential coordinates in a freshly factorised system."""
+        differential coordinates in the large-steps system (factorised afresh when
+        ``refactor``, else the current one: same faces, same system)."""
         if self.options.large_steps:
             self.base = None
-            self.system = SmoothSystem.build(self.faces_np, len(shape), lam=self.options.smoothing,
-                                             device=shape.device, dtype=shape.dtype)
+            if refactor:
+                self.system = SmoothSystem.build(self.faces_np, len(shape),
+                                                 lam=self.options.smoothing,
+                                                 device=shape.device, dtype=shape.dtype)
             self.shape_param = self.system.to_differential(shape).requires_grad_(True)
         else:
             self.base, self.system = shape, None
