@@ -1,6 +1,8 @@
 """The fitting engine on small CPU scenes: real improvement, progress, cancellation and
 the bad inputs it must explain instead of crashing on."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from backend.fit.inputs import prepare_views
 from backend.fit.mesh_ops import check_mesh
 from backend.fit.schedule import Schedule, ViewSampler
 from backend.fit.state import MeshState
-from backend.fit.targets import Frame, ViewGroup, batches, view_groups
+from backend.fit.targets import Frame, TrainingTargets, ViewGroup, batches, view_groups
 from backend.render.renderer import Cameras
 
 # Fixed topology: these tests check the given mesh's behaviour (shape key, subdivision);
@@ -381,6 +383,27 @@ def test_view_groups_area_average_the_images_to_each_level(box_views):
     np.testing.assert_allclose(rgba.rgb.numpy(), halved[..., :3], atol=1e-6)
     same, = view_groups(prep, [0, 1, 2], 1.0, frame, False, "cpu")
     assert torch.equal(same.alpha, torch.as_tensor(full[..., 3]))
+
+
+def test_coarse_levels_keep_parts_thinner_than_a_pixel_opaque(box_views):
+    """A one-pixel stripe at half size: averaged, alpha 0.5 (a sliver of triangles matches
+    that); covering, 1 where the stripe passes, colours still averaged."""
+    image = np.zeros((48, 48, 4), np.float32)
+    image[:, 9, :] = 1.0  # a vertical stripe one pixel wide
+    views = [dataclasses.replace(v, image=image) for v in box_views[:3]]
+    prep = prepare_views(views)
+    frame = Frame(np.zeros(3), 1.0)
+    averaged, = view_groups(prep, [0, 1, 2], 0.5, frame, True, "cpu")
+    covering, = view_groups(prep, [0, 1, 2], 0.5, frame, True, "cpu", covering_alpha=True)
+    np.testing.assert_allclose(averaged.alpha[:, :, 4].numpy(), 0.5)
+    assert torch.all(covering.alpha[:, :, 4] == 1.0)
+    assert torch.all(covering.alpha[:, :, :4] == 0) and torch.all(covering.alpha[:, :, 5:] == 0)
+    assert torch.equal(covering.rgb, averaged.rgb)
+    levels = TrainingTargets(prep, [0.5, 1.0], frame, False, "cpu")  # the training views
+    train = prep.train_idx
+    assert torch.equal(levels.at(0)[0].alpha, covering.alpha[train])  # the coarse level covers
+    assert torch.equal(levels.at(1)[0].alpha, torch.as_tensor(image[..., 3]).expand(
+        len(train), 48, 48))
 
 
 def test_batches_keep_the_order_the_views_were_chosen_in():

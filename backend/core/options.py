@@ -33,7 +33,10 @@ class FitOptions:
     pixels of the image being rendered) falls geometrically from ``sigma_start`` to
     ``sigma_end`` over the first ``sharpen_fraction`` of the iterations; keep
     ``sigma_end`` small, since soft edges fatten the silhouette and the fit would
-    shrink the mesh to compensate. ``subdivide_at`` lists fractions of the iterations
+    shrink the mesh to compensate (sigma_start 1.0 collapsed a hull start's thin parts
+    to wires in the first 20 iterations; 0.3 keeps them, docs/benchmarks.md). The coarse
+    levels' target alphas are max-pooled, so a part thinner than a coarse pixel stays
+    opaque (`backend.fit.targets`). ``subdivide_at`` lists fractions of the iterations
     at which every face is split in four (skipped beyond ``max_faces``); none by
     default, so a fitted mesh keeps its topology (in Blender: a shape key on the
     user's mesh rather than a new object). The learning
@@ -82,7 +85,7 @@ class FitOptions:
     resolution_start: float = 0.25
     coarse_fraction: float = 0.5
     max_render_side: int = 512
-    sigma_start: float = 1.0
+    sigma_start: float = 0.3
     sigma_end: float = 0.003
     sharpen_fraction: float = 0.9
     subdivide_at: tuple[float, ...] = ()

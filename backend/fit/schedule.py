@@ -5,7 +5,8 @@ Coarse to fine: the first ``coarse_fraction`` of the iterations render downsampl
 images, the resolution doubling level by level up to the finest level: full size, or
 less where the images are larger than ``max_render_side`` (a step then costs a
 fraction of the time, and on the 800 px benchmark the held-out IoU, measured at full
-size, came out no worse: docs/benchmarks.md, the large case); sigma falls
+size, came out no worse: docs/benchmarks.md, the large case); the coarse levels' target
+alphas are max-pooled rather than averaged, so thin parts stay (`backend.fit.targets`); sigma falls
 geometrically from ``sigma_start`` to ``sigma_end`` over the first
 ``sharpen_fraction``; the learning rate decays exponentially to ``lr_final`` times
 its start. See `FitOptions`.

@@ -59,9 +59,13 @@ class ViewGroup:
 
 
 def view_groups(prep: Prepared, indices: list[int], scale: float, frame: Frame,
-                with_rgb: bool, device, dtype=torch.float32) -> list[ViewGroup]:
+                with_rgb: bool, device, dtype=torch.float32,
+                covering_alpha: bool = False) -> list[ViewGroup]:
     """The views ``indices`` grouped by image size (groups in order of each size's first
-    view), images area-downsampled by ``scale`` (0, 1] and intrinsics scaled to match."""
+    view), images area-downsampled by ``scale`` (0, 1] and intrinsics scaled to match.
+
+    covering_alpha: downsample the alpha by its maximum instead (`_resized`), as the
+    coarse levels of the fit do."""
     by_size: dict[tuple[int, int], list[int]] = {}
     for i in indices:
         cam = prep.views[i].camera
@@ -76,23 +80,36 @@ def view_groups(prep: Prepared, indices: list[int], scale: float, frame: Frame,
             cam = prep.views[i].camera.resized(w, h)
             mats.append(dataclasses.replace(cam, world_to_camera=cam.world_to_camera @ to_world))
         cams = Cameras.from_matrices(mats, dtype=dtype, device=device)
-        images = torch.stack([_resized(prep.views[i].image, w, h, with_rgb, dtype, device)
-                              for i in idx])
+        images = torch.stack([_resized(prep.views[i].image, w, h, with_rgb, dtype, device,
+                                       covering_alpha) for i in idx])
         out.append(ViewGroup(idx, cams, images[..., 3].contiguous() if with_rgb else images,
                              images[..., :3].contiguous() if with_rgb else None))
     return out
 
 
-def _resized(image: np.ndarray, w: int, h: int, with_rgb: bool, dtype, device) -> torch.Tensor:
+def _resized(image: np.ndarray, w: int, h: int, with_rgb: bool, dtype, device,
+             covering_alpha: bool = False) -> torch.Tensor:
     """One view's (H, W, 4) image area-downsampled to (h, w, 4), or only its alpha (h, w)
     without ``with_rgb``; one view at a time, so large image sets never sit in memory
-    twice at full size."""
+    twice at full size.
+
+    covering_alpha: the alpha is downsampled by its maximum over each pixel's window, so a
+    part thinner than a pixel stays fully opaque. Area-averaged, a table leg a quarter of
+    a coarse pixel wide has alpha 0.25, which a zero-width sliver of triangles matches
+    (a soft edge has D = 0.5 on the edge itself): thin parts then collapse to wires at the
+    coarse levels and break when the finer levels inflate them again. Covering targets
+    keep them a pixel thick; the finer levels take the excess back (docs/design.md).
+    """
     image = np.asarray(image)
     channels = image if with_rgb else image[..., 3:]
     x = torch.as_tensor(np.ascontiguousarray(channels, dtype=np.float32)).to(device, dtype)
     if x.shape[:2] != (h, w):
-        x = torch.nn.functional.interpolate(x.permute(2, 0, 1)[None], size=(h, w),
-                                            mode="area")[0].permute(1, 2, 0)
+        chw = x.permute(2, 0, 1)[None]
+        resized = torch.nn.functional.interpolate(chw, size=(h, w), mode="area")
+        if covering_alpha:
+            alpha = torch.nn.functional.adaptive_max_pool2d(chw[:, -1:], (h, w))
+            resized = torch.cat([resized[:, :-1], alpha], dim=1)
+        x = resized[0].permute(1, 2, 0)
     return x if with_rgb else x[..., 0].contiguous()
 
 
@@ -118,7 +135,8 @@ class TrainingTargets:
     def at(self, level: int) -> list[ViewGroup]:
         """The groups at ``level``, an index into the schedule's resolution levels."""
         if level not in self._groups:
+            coarse = level < len(self.levels) - 1
             self._groups[level] = view_groups(self.prep, self.prep.train_idx,
                                               self.levels[level], self.frame, self.with_rgb,
-                                              self.device, self.dtype)
+                                              self.device, self.dtype, covering_alpha=coarse)
         return self._groups[level]
