@@ -13,7 +13,7 @@ from fit_scenes import box, cameras, sphere, views_of
 from backend.fit import adaptive
 from backend.fit.fitting import FitError, FitOptions, fit
 from backend.fit.inputs import box_coverage, prepare_views
-from backend.fit.mesh_ops import check_mesh, face_areas
+from backend.fit.mesh_ops import check_mesh, face_areas, icosphere, laplacian
 from backend.fit.quality import quality_stats
 from backend.fit.recarve import carve_into_hull, inside_mesh
 from backend.fit.remesh import remesh
@@ -62,6 +62,50 @@ def test_coarse_levels_stay_coarse_and_the_face_budget_holds(box_views):
     capped = fit(box_views, v0, f0, FitOptions(coarse_fraction=0.0, face_budget=100, **quick))
     # Splits stop at the budget (a flip or collapse may leave it a few faces over).
     assert len(capped.faces) <= 100 + 8
+
+
+def closed_tube(radius: float, length: float, around: int = 24):
+    """A capped cylinder along x of near-equilateral triangles: (V, 3) float64, (F, 3)."""
+    step = 2 * np.pi * radius / around
+    rings = int(length / (step * np.sqrt(3) / 2)) + 1
+    angle = 2 * np.pi * np.arange(around) / around
+    verts = [[x, radius * np.cos(angle + np.pi / around * (k % 2)),
+              radius * np.sin(angle + np.pi / around * (k % 2))]
+             for k, x in enumerate(np.linspace(-length / 2, length / 2, rings))]
+    verts = np.concatenate([np.stack(np.broadcast_arrays(*ring), axis=1) for ring in verts])
+    faces = []
+    for k in range(rings - 1):
+        for j in range(around):
+            a, b = k * around + j, k * around + (j + 1) % around
+            c, d = a + around, b + around
+            faces += [[a, c, b], [b, c, d]] if k % 2 == 0 else [[a, c, d], [a, d, b]]
+    caps = np.array([[-length / 2, 0, 0], [length / 2, 0, 0]])
+    first, last = len(verts), len(verts) + 1
+    for j in range(around):
+        faces.append([first, j, (j + 1) % around])
+        top = (rings - 1) * around
+        faces.append([last, top + (j + 1) % around, top + j])
+    return np.concatenate([verts, caps]), np.array(faces)
+
+
+def test_curvature_lengths_are_half_the_radius_on_spheres_and_the_radius_on_tubes():
+    """Mean curvature 1/R on a sphere, 1/2r on a cylinder: targets CURVATURE_EDGE times
+    R, and twice that times r, so a thin tube keeps its edges short."""
+    verts, faces = icosphere(4)
+    tris = torch.as_tensor(faces, dtype=torch.long)
+    lap = laplacian(faces, len(verts), dtype=torch.float64)
+    for radius in (0.5, 2.0):
+        lengths = adaptive.curvature_lengths(torch.as_tensor(verts * radius), tris, lap)
+        np.testing.assert_allclose(lengths, adaptive.CURVATURE_EDGE * radius, rtol=0.05)
+    for radius in (0.1, 0.3):
+        verts, faces = closed_tube(radius, 3.0)
+        assert check_mesh(faces).closed_manifold
+        lap = laplacian(faces, len(verts), dtype=torch.float64)
+        lengths = adaptive.curvature_lengths(torch.as_tensor(verts),
+                                             torch.as_tensor(faces), lap)
+        middle = np.abs(verts[:, 0]) < 1.0
+        np.testing.assert_allclose(lengths[middle], 2 * adaptive.CURVATURE_EDGE * radius,
+                                   rtol=0.1)
 
 
 def test_automatic_face_budget_grows_with_the_silhouettes(box_views):
