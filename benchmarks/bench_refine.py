@@ -14,7 +14,9 @@ overrides them):
 
 - exact: the true cameras;
 - miscalibrated: the moved cameras, no refinement;
-- refined: the moved cameras with ``refine_cameras``;
+- first-order: the moved cameras with ``refine_cameras`` and ``polish_steps=0`` (the
+  joint Gauss-Newton polish, `backend.fit.joint_polish`, off);
+- refined: the moved cameras with ``refine_cameras`` (polish as ``--set`` leaves it);
 
 and two with the poses exact but every fitting camera's focal length off by ``--focal``
 (a fraction; 0 skips them), the held-out cameras exact:
@@ -146,9 +148,13 @@ def run_target(target: str, width: int, height: int, options: FitOptions,
     print(f"{target} {case.size}: Cycles targets {seconds:.1f} s", flush=True)
     moved = miscalibrated_views(case, args.degrees, args.fraction, args.seed)
     rows = []
-    for label, views, refine in (("exact", case.views, False),
-                                 ("miscalibrated", moved, False), ("refined", moved, True)):
-        row, result = run_fit(label, views, dataclasses.replace(options, refine_cameras=refine))
+    first_order = dataclasses.replace(options, refine_cameras=True, polish_steps=0)
+    for label, views, fit_options in (
+            ("exact", case.views, options), ("miscalibrated", moved, options),
+            ("first-order", moved, first_order),
+            ("refined", moved, dataclasses.replace(options, refine_cameras=True))):
+        refine = fit_options.refine_cameras
+        row, result = run_fit(label, views, fit_options)
         row["target"] = target
         row["camera_px"], row["silhouette_px"] = camera_errors(
             case, views, result if refine else None)

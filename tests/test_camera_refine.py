@@ -15,9 +15,11 @@ from fit_scenes import box, cameras, views_of
 
 from backend.core import messages
 from backend.core.camera import blender_camera, look_at, world_to_camera
+from backend.fit import joint_polish
 from backend.fit.camera_refine import (
     CameraRefinement,
     apply_to_pose,
+    corrected_cameras,
     correction_matrices,
     correction_messages,
     gauge_basis,
@@ -25,8 +27,11 @@ from backend.fit.camera_refine import (
     world_correction,
 )
 from backend.fit.fitting import FitError, FitOptions, fit
+from backend.fit.inputs import prepare_views
+from backend.fit.joint_polish import JointObjective, conjugate_gradients, polish
 from backend.fit.schedule import Schedule
-from backend.render.renderer import Cameras, project_points
+from backend.fit.targets import Frame, view_groups
+from backend.render.renderer import Cameras, RenderSettings, project_points
 
 REFINE = FitOptions(refine_cameras=True, refine_focal=True)
 
@@ -254,6 +259,101 @@ def test_refinement_runs_on_the_gpu_like_on_the_cpu(box_views):
         assert abs(a.reprojection_px - b.reprojection_px) < 0.2
 
 
+# --- the joint second-order polish (backend.fit.joint_polish) -------------------------
+
+
+def _polish_scene(dtype=torch.float64):
+    """A subdivided box seen by 8 cameras whose poses are off by 1 degree and 1% of their
+    distance: (true vertices (V, 3), faces, the training groups at full size with the
+    moved cameras, the true cameras, the moved ones, a refinement of the moved ones);
+    world = normalised frame."""
+    vertices, faces = box(subdivisions=2)
+    true = cameras((48, 48), elevations=(-20.0, 35.0), azimuths=4, distance=4.0)
+    moved = miscalibrated(true, np.zeros(3), 1.0, 0.01, np.random.default_rng(3))
+    views = [dataclasses.replace(v, camera=c)
+             for v, c in zip(views_of(vertices, faces, true), moved, strict=True)]
+    prep = prepare_views(views)
+    groups = view_groups(prep, prep.train_idx, 1.0, Frame(np.zeros(3), 1.0), False, "cpu",
+                         dtype)
+    ref = CameraRefinement(moved, prep.train_idx, prep.names, FitOptions(refine_cameras=True),
+                           "cpu", dtype)
+    return vertices, faces, groups, true, moved, ref
+
+
+def _camera_error_px(ref, raw, moved, true, points) -> float:
+    """Mean reprojection distance (px) of ``points`` between the moved cameras corrected by
+    ``raw`` (N, 6) and the true ones."""
+    out = []
+    mats = ref.matrices(raw)
+    pts = torch.as_tensor(points, dtype=mats.dtype)
+    for cam, truth, mat in zip(moved, true, mats, strict=True):
+        fixed = corrected_cameras(Cameras.from_matrices([cam], dtype=mats.dtype), mat[None],
+                                  ref.log_focal)
+        exact = Cameras.from_matrices([truth], dtype=mats.dtype)
+        out.append(float((project_points(pts, fixed) - project_points(pts, exact))[..., :2]
+                         .norm(dim=-1).mean()))
+    return float(np.mean(out))
+
+
+def test_the_finite_difference_jvp_agrees_with_the_autograd_vjp(monkeypatch):
+    """<u, J v> by a forward difference of the render equals <J^T u, v> by autograd: the
+    two halves of the Gauss-Newton product are transposes of one Jacobian. (In float64
+    with a step a tenth of the polish's; at its float32-safe step, 0.002 px, the
+    difference is a few to 13% off on this box's corners.)"""
+    monkeypatch.setattr(joint_polish, "DIFFERENCE_STEP_PX", 2e-4)
+    vertices, faces, groups, _, _, ref = _polish_scene()
+    problem = JointObjective(torch.tensor(vertices), faces, groups, RenderSettings(), ref,
+                             FitOptions(refine_cameras=True))
+    x = torch.zeros(problem.size, dtype=torch.float64, requires_grad=True)
+    r = problem.residual(x, for_jacobian=True)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        u = torch.randn(r.shape, generator=gen, dtype=torch.float64)
+        v = torch.randn(problem.size, generator=gen, dtype=torch.float64)
+        jtu = torch.autograd.grad(r, x, u, retain_graph=True)[0]
+        forward = float(u @ problem.jvp(x.detach(), v, r.detach()))
+        assert forward == pytest.approx(float(jtu @ v), rel=0.01)
+
+
+def test_conjugate_gradients_solve_a_preconditioned_spd_system():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(12, 12))
+    matrix = torch.tensor(a @ a.T + 12 * np.eye(12))
+    b = torch.tensor(rng.normal(size=12))
+    diag = torch.diagonal(matrix)
+    x = conjugate_gradients(lambda v: matrix @ v, b, lambda v: v / diag, 40)
+    torch.testing.assert_close(matrix @ x, b)
+
+
+def test_the_polish_recovers_a_known_camera_offset_without_raising_the_objective():
+    """From the true mesh with the cameras as given (no correction yet), the polish lowers
+    its objective at every accepted step, moves the cameras most of the way back to the
+    true ones, and leaves the gauge (a common similarity of all cameras) untouched."""
+    vertices, faces, groups, true, moved, ref = _polish_scene()
+    before = _camera_error_px(ref, ref.raw.detach(), moved, true, vertices)
+    result = polish(torch.tensor(vertices), faces, groups, RenderSettings(), ref,
+                    FitOptions(refine_cameras=True, polish_steps=6))
+    after = _camera_error_px(ref, result.raw, moved, true, vertices)
+    assert len(result.losses) > 1
+    assert all(b < a for a, b in zip(result.losses[:-1], result.losses[1:], strict=True))
+    assert after < 0.5 * before, (before, after)
+    flat = result.raw.reshape(-1)
+    assert float((ref.gauge.T @ flat).abs().max()) < 1e-9
+    assert torch.equal(ref.raw.detach(), torch.zeros_like(ref.raw))  # the caller applies it
+
+
+def test_a_refined_fit_is_polished_unless_polish_steps_is_zero(box_views):
+    options = FitOptions(iterations=30, views_per_step=4, refine_cameras=True,
+                         coarse_fraction=0.3, device="cpu", polish_steps=2)
+    polished = fit(box_views, None, None, options)
+    assert polished.status == "done", polished.message
+    assert "polished the mesh and the cameras together" in polished.message
+    plain = fit(box_views, None, None, dataclasses.replace(options, polish_steps=0))
+    assert "polished" not in plain.message
+    with pytest.raises(FitError, match="polish_steps"):
+        FitOptions(polish_steps=-1)
+
+
 # --- the add-on: Apply Refined Cameras ------------------------------------------------
 
 
@@ -345,8 +445,9 @@ def test_refinement_recovers_most_of_the_held_out_iou_of_exact_cameras():
     IoU drops; refinement wins back most of it.
 
     Issue 11 asks for within 0.005 of the exact cameras' fit; measured so far (this
-    scene, default options): exact 0.971, miscalibrated 0.803, refined 0.943-0.955,
-    the corrections leaving about 0.5 px of the 3.7 px camera error. The assertion is
+    scene, default options, before the joint polish): exact 0.971, miscalibrated 0.803,
+    refined 0.943-0.955, the corrections leaving about 0.5 px of the 3.7 px camera
+    error; the polish adds 0.002-0.023 on the benchmark's targets. The assertion is
     what is reached (at least 75% of the drop recovered), not the issue's target: the
     rest is shared between the cameras and the mesh, which bends to explain them
     (docs/benchmarks.md, "Why the pose gap stays").

@@ -75,10 +75,16 @@ class FitOptions:
     shared focal-length scale), at ``camera_learning_rate`` ramped in over
     ``refine_ramp`` of the iterations after the coarse levels, pulled toward zero by
     ``camera_weight``; a view's correction beyond ``refine_max_degrees`` or
-    ``refine_max_shift`` (a fraction of its distance) is flagged and not applied.
+    ``refine_max_shift`` (a fraction of its distance) is flagged and not applied. With
+    ``refine_cameras``, after the first-order fit, ``polish_steps`` Levenberg-Marquardt
+    steps (about 3-5 s each for 24 views at 128 px on 2 CPU cores) move the mesh and
+    the cameras together (`backend.fit.joint_polish`; 0: none): each solves the
+    Gauss-Newton system by at most ``polish_cg_iterations`` conjugate-gradient products,
+    damped from ``polish_damping``, the silhouettes rendered at ``polish_sigma`` (px^2)
+    and the vertex moves held smooth by ``polish_smoothness`` (like ``laplacian_weight``).
     """
 
-    iterations: int = 200
+    iterations: int = 300  # the table from every start: 0.962-0.967 held-out IoU (200: 0.959-0.964)
     learning_rate: float = 0.03
     lr_final: float = 0.1
     views_per_step: int = 8
@@ -122,6 +128,11 @@ class FitOptions:
     refine_ramp: float = 0.1
     refine_max_degrees: float = 5.0
     refine_max_shift: float = 0.1
+    polish_steps: int = 10
+    polish_sigma: float = 0.05
+    polish_smoothness: float = 100.0
+    polish_damping: float = 0.1
+    polish_cg_iterations: int = 20
 
     def __post_init__(self):
         self.subdivide_at = tuple(float(x) for x in self.subdivide_at)
@@ -154,11 +165,16 @@ class FitOptions:
             (0 <= self.refine_ramp <= 1, "refine_ramp must be in [0, 1]"),
             (self.refine_max_degrees > 0 and self.refine_max_shift > 0,
              "refine_max_degrees and refine_max_shift must be positive"),
+            (self.polish_steps >= 0 and self.polish_cg_iterations >= 1,
+             "polish_steps must be >= 0 and polish_cg_iterations >= 1"),
+            (self.polish_sigma > 0 and self.polish_damping > 0,
+             "polish_sigma and polish_damping must be positive"),
             (self.init_faces == 0 or self.init_faces >= 100,
              "init_faces must be 0 (automatic) or at least 100"),
         ]
         for name in ("silhouette_weight", "color_weight", "laplacian_weight", "flatten_weight",
-                     "edge_weight", "normal_weight", "curvature_weight", "camera_weight"):
+                     "edge_weight", "normal_weight", "curvature_weight", "camera_weight",
+                     "polish_smoothness"):
             value = getattr(self, name)
             checks.append((math.isfinite(value) and value >= 0, f"{name} must be >= 0"))
         for ok, message in checks:

@@ -29,10 +29,16 @@ toward zero. After the fit, `CameraRefinement.report` lists each view's correcti
 flags one past ``refine_max_degrees`` or ``refine_max_shift``: the add-on does not
 apply a flagged correction.
 
-What it reaches (docs/benchmarks.md, "Camera refinement"): about 85% of a 1.5 degree /
-2% miscalibration's silhouette displacement is removed; the rest is shared with the
-mesh, which bends to explain cameras a few tenths of a pixel off (solving the cameras
-alone against that mesh, or alternating, gives them back almost unchanged). A focal
+After the loop, `backend.fit.joint_polish` (``polish_steps``, on by default) takes a few
+Levenberg-Marquardt steps on the mesh and the corrections together, at the finest level
+with the topology fixed; the corrections it finds are written back to ``raw``.
+
+What it reaches (docs/benchmarks.md, "Camera refinement"): the first-order fit removes
+about 85% of a 1.5 degree / 2% miscalibration's silhouette displacement; the rest is
+shared with the mesh, which bends to explain cameras a few tenths of a pixel off
+(solving the cameras alone against that mesh, or alternating, gives them back almost
+unchanged). The joint polish removes a further part of it (a little on the torus, about
+40% on Suzanne at 128 px) but does not close the gap to exact cameras. A focal
 error common to all views is nearly a scale of the scene, hence nearly a gauge
 direction: the shared focal scale is for views that disagree, and does not recover a
 common error from the silhouettes of a compact object.
@@ -184,23 +190,30 @@ class CameraRefinement:
         params = [self.raw] + ([self.log_focal] if options.refine_focal else [])
         self.optimizer = torch.optim.Adam(params, lr=0.0, betas=(0.9, 0.99))
 
-    def corrections(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rotation (N, 3) radians, shift (N, 3) normalised units), gauge removed."""
-        flat = self.raw.reshape(-1)
-        flat = flat - self.gauge @ (self.gauge.T @ flat)
+    def corrections(self, raw: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rotation (N, 3) radians, shift (N, 3) normalised units), gauge removed, of the
+        raw parameters ``raw`` (N, 6) (default: the optimised ones)."""
+        flat = self.project((self.raw if raw is None else raw).reshape(-1))
         raw = flat.reshape(-1, 6)
         return raw[:, :3], raw[:, 3:] * self.distances[:, None]
 
-    def matrices(self) -> torch.Tensor:
-        """The corrections D (N, 4, 4) of every refined view, differentiable."""
-        rotation, shift = self.corrections()
+    def project(self, flat: torch.Tensor) -> torch.Tensor:
+        """(6N,) raw parameters with their gauge (similarity) part removed."""
+        return flat - self.gauge @ (self.gauge.T @ flat)
+
+    def matrices(self, raw: torch.Tensor | None = None) -> torch.Tensor:
+        """The corrections D (N, 4, 4) of every refined view, differentiable, of the raw
+        parameters ``raw`` (N, 6) (default: the optimised ones)."""
+        rotation, shift = self.corrections(raw)
         return correction_matrices(rotation, shift, self.centers)
 
-    def apply(self, cameras: Cameras, views: Sequence[int]) -> Cameras:
-        """A batch's cameras (of views ``views``, view indices) corrected, differentiable."""
+    def apply(self, cameras: Cameras, views: Sequence[int],
+              raw: torch.Tensor | None = None) -> Cameras:
+        """A batch's cameras (of views ``views``, view indices) corrected, differentiable;
+        ``raw``: the raw parameters (N, 6) to use instead of the optimised ones."""
         rows = torch.as_tensor([self.row[int(i)] for i in views], dtype=torch.long,
                                device=self.raw.device)
-        return corrected_cameras(cameras, self.matrices()[rows], self.log_focal)
+        return corrected_cameras(cameras, self.matrices(raw)[rows], self.log_focal)
 
     def regulariser(self) -> torch.Tensor:
         """Mean over views of |w|^2 + |t / d|^2 (radians^2), plus the focal log-scale^2."""

@@ -46,6 +46,7 @@ from .inputs import (
     render_settings,
     resolve_device,
 )
+from .joint_polish import polish_fit
 from .loop import LoopResult, Progress, ProgressReporter, optimise
 from .quality import quality_stats
 from .schedule import Schedule
@@ -123,6 +124,9 @@ def fit(
     refinement = refinement_for(prep, frame, options, device)
     run = optimise(state, schedule, targets, settings, options, iou, reporter, should_stop,
                    adaptive, refinement)
+    if refinement is not None and options.polish_steps and run.status == "done":
+        run, polished = polish_fit(run, refinement, targets, settings, options, should_stop)
+        messages.append(polished)
     t_opt = time.perf_counter()
 
     final = run.last_good
