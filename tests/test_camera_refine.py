@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -345,9 +346,15 @@ def test_the_polish_recovers_a_known_camera_offset_without_raising_the_objective
 def test_a_refined_fit_is_polished_unless_polish_steps_is_zero(box_views):
     options = FitOptions(iterations=30, views_per_step=4, refine_cameras=True,
                          coarse_fraction=0.3, device="cpu", polish_steps=2)
-    polished = fit(box_views, None, None, options)
+    events = []
+    polished = fit(box_views, None, None, options, on_progress=events.append)
     assert polished.status == "done", polished.message
     assert "polished the mesh and the cameras together" in polished.message
+    steps = [e for e in events if "polish" in e.losses]  # the viewport follows the polish
+    taken = int(re.search(r"together: (\d+) Gauss-Newton", polished.message).group(1))
+    assert len(steps) == taken and all(e.vertices is not None for e in steps)
+    if steps:
+        np.testing.assert_allclose(steps[-1].vertices, polished.vertices, atol=1e-5)
     plain = fit(box_views, None, None, dataclasses.replace(options, polish_steps=0))
     assert "polished" not in plain.message
     with pytest.raises(FitError, match="polish_steps"):

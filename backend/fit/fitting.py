@@ -125,7 +125,11 @@ def fit(
     run = optimise(state, schedule, targets, settings, options, iou, reporter, should_stop,
                    adaptive, refinement)
     if refinement is not None and options.polish_steps and run.status == "done":
-        run, polished = polish_fit(run, refinement, targets, settings, options, should_stop)
+        def stream(snapshot, objective):  # the viewport follows the polish
+            reporter.send(run.completed, {"polish": objective}, iou, snapshot)
+
+        run, polished = polish_fit(run, refinement, targets, settings, options, should_stop,
+                                   stream)
         messages.append(polished)
     t_opt = time.perf_counter()
 

@@ -223,12 +223,14 @@ def conjugate_gradients(apply: Callable[[torch.Tensor], torch.Tensor], b: torch.
 
 def polish(vertices: torch.Tensor, faces: np.ndarray, groups: list[ViewGroup],
            settings: RenderSettings, refinement: CameraRefinement, options: FitOptions,
-           should_stop: Callable[[], bool] | None = None) -> PolishResult:
+           should_stop: Callable[[], bool] | None = None,
+           on_step: Callable[[torch.Tensor, float], None] | None = None) -> PolishResult:
     """Up to ``options.polish_steps`` accepted Levenberg-Marquardt steps on the mesh and
     the cameras together (module docstring). vertices: (V, 3) normalised frame, float;
     faces: (F, 3) int64; groups: the refined views at full resolution. ``refinement`` is
     not changed: the caller takes ``raw`` from the result. Stops early when
-    ``should_stop()`` or when MAX_REFUSALS + 1 tries in a row are refused."""
+    ``should_stop()`` or when MAX_REFUSALS + 1 tries in a row are refused.
+    ``on_step(vertices (V, 3), objective)`` is called after each accepted step."""
     t0 = time.perf_counter()
     problem = JointObjective(vertices, faces, groups, settings, refinement, options)
     generator = torch.Generator().manual_seed(options.seed)
@@ -243,6 +245,8 @@ def polish(vertices: torch.Tensor, faces: np.ndarray, groups: list[ViewGroup],
             break
         x = x + step
         losses.append(loss)
+        if on_step is not None:
+            on_step(problem.unpack(x)[0].detach(), loss)
     final_vertices, raw = problem.unpack(x)
     return PolishResult(final_vertices.detach(), raw.detach(), losses, refused,
                         time.perf_counter() - t0)
@@ -281,13 +285,21 @@ def _lm_step(problem: JointObjective, x: torch.Tensor, loss: float, mu: float,
 
 def polish_fit(run: LoopResult, refinement: CameraRefinement, targets: TrainingTargets,
                settings: RenderSettings, options: FitOptions,
-               should_stop: Callable[[], bool] | None = None) -> tuple[LoopResult, str]:
+               should_stop: Callable[[], bool] | None = None,
+               on_step: Callable[[Snapshot, float], None] | None = None,
+               ) -> tuple[LoopResult, str]:
     """A finished loop's mesh and cameras polished together (`polish`) on the training
     views at the finest level: (the loop's result with the polished mesh and the
-    polish's time added, a message for the result). ``refinement.raw`` is updated."""
+    polish's time added, a message for the result). ``refinement.raw`` is updated;
+    ``on_step(snapshot, objective)`` follows the mesh after each accepted step."""
     last = run.last_good
+
+    def step_taken(vertices: torch.Tensor, objective: float) -> None:
+        if on_step is not None:
+            on_step(Snapshot(vertices, last.faces, last.colors), objective)
+
     result = polish(last.vertices, last.faces, targets.at(len(targets.levels) - 1), settings,
-                    refinement, options, should_stop)
+                    refinement, options, should_stop, step_taken)
     with torch.no_grad():
         refinement.raw.copy_(result.raw)
     message = (f"polished the mesh and the cameras together: {len(result.losses) - 1} "
