@@ -13,7 +13,13 @@ from backend.fit import fitting, loop, losses
 from backend.fit.fitting import FitError, FitOptions, View, fit
 from backend.fit.inputs import prepare_views
 from backend.fit.mesh_ops import check_mesh
-from backend.fit.schedule import Schedule, ViewSampler
+from backend.fit.schedule import (
+    START_LR_MIN,
+    START_MISMATCH_FULL_LR,
+    Schedule,
+    ViewSampler,
+    start_lr_scale,
+)
 from backend.fit.state import MeshState
 from backend.fit.targets import Frame, TrainingTargets, ViewGroup, batches, view_groups
 from backend.render.renderer import Cameras
@@ -419,6 +425,23 @@ def test_cameras_select_picks_rows_in_the_order_given(box_views):
     assert len(picked) == 2 and (picked.width, picked.height) == (cams.width, cams.height)
     assert torch.equal(picked.world_to_camera, cams.world_to_camera[[2, 0]])
     assert torch.equal(cams.select(slice(1, 3)).intrinsics, cams.intrinsics[1:3])
+
+
+def test_a_start_that_already_fits_gets_smaller_steps_through_rebuilt_optimisers():
+    assert start_lr_scale(0.2) == start_lr_scale(1.0 - START_MISMATCH_FULL_LR) == 1.0
+    assert start_lr_scale(0.99) == START_LR_MIN
+    assert 1.0 > start_lr_scale(0.9) > start_lr_scale(0.95) > START_LR_MIN
+    v, f = sphere(0.6, level=1)
+    state = MeshState(torch.tensor(v, dtype=torch.float32), f, options(), None)
+    full = [g["lr"] for opt in state.optimizers() for g in opt.param_groups]
+    state.scale_learning_rates(0.5)
+    state.set_lr_factor(0.2)
+    halved = [g["lr"] for opt in state.optimizers() for g in opt.param_groups]
+    np.testing.assert_allclose(halved, [0.1 * lr for lr in full])
+    state.set_mesh(state.shape().detach(), f, None)  # optimisers rebuilt from scratch
+    state.set_lr_factor(1.0)
+    rebuilt = [g["lr"] for opt in state.optimizers() for g in opt.param_groups]
+    np.testing.assert_allclose(rebuilt, [0.5 * lr for lr in full])
 
 
 def test_the_state_can_change_topology_between_steps():

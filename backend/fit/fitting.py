@@ -49,7 +49,7 @@ from .inputs import (
 from .joint_polish import polish_fit
 from .loop import LoopResult, Progress, ProgressReporter, optimise
 from .quality import quality_stats
-from .schedule import Schedule
+from .schedule import Schedule, start_lr_scale
 from .state import MeshState
 from .targets import Frame, TrainingTargets, view_groups
 
@@ -118,6 +118,12 @@ def fit(
     iou = evaluate(state.vertices().detach(), state.faces, full_fit, settings)
     messages = prep.messages + start.messages + coverage_warnings(
         prep, iou, vertices is not None, options.align_initial or start.aligned)
+    start_iou = float(np.mean([iou[i] for i in prep.train_idx]))
+    lr_scale = start_lr_scale(start_iou)
+    if lr_scale < 1.0:
+        state.scale_learning_rates(lr_scale)
+        messages.append(f"the start already matches the silhouettes (IoU {start_iou:.3f}): "
+                        f"learning rates at {lr_scale:.2f}x so the first steps keep it")
 
     new_faces = start.given_faces is None or adaptive is not None
     reporter = ProgressReporter(on_progress, options, prep.fit_idx, frame, t_start, new_faces)

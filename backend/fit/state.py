@@ -55,6 +55,7 @@ class MeshState:
         """base: (V, 3) float initial vertices; faces: (F, 3) int64; colors: (V, 3) in
         [0, 1] to fit colours from, or None."""
         self.options = options
+        self.lr_scale = 1.0  # `scale_learning_rates`
         device, dtype = base.device, base.dtype
         self.translation = torch.zeros(3, dtype=dtype, device=device, requires_grad=True)
         self.log_scale = torch.zeros(1, dtype=dtype, device=device, requires_grad=True)
@@ -129,7 +130,16 @@ class MeshState:
             groups.append({"params": [self.color_logits], "lr": options.color_learning_rate})
         self.optimizer = torch.optim.Adam(groups or [{"params": [], "lr": lr}],
                                           betas=(0.5, 0.99))
-        self._base_lrs = [(g, g["lr"]) for opt in self.optimizers() for g in opt.param_groups]
+        self._base_lrs = [(g, g["lr"] * self.lr_scale)
+                          for opt in self.optimizers() for g in opt.param_groups]
+
+    def scale_learning_rates(self, scale: float) -> None:
+        """Every learning rate at ``scale`` times the options' from now on, optimisers
+        rebuilt later included (`start_lr_scale`)."""
+        self._base_lrs = [(g, lr / self.lr_scale * scale) for g, lr in self._base_lrs]
+        self.lr_scale = scale
+        for group, base_lr in self._base_lrs:
+            group["lr"] = base_lr
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         return [self.shape_optimizer, self.optimizer]
