@@ -414,17 +414,23 @@ def tangential_relaxation(vertices: torch.Tensor, faces: torch.Tensor,
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"the relaxation weight must be in [0, 1], got {weight}")
     v = vertices.detach()
-    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # each edge both ways
-    total = torch.zeros_like(v).index_add_(0, e[:, 0], v[e[:, 1]])
-    count = torch.bincount(e[:, 0], minlength=len(v)).clamp_min(1).to(v.dtype)
     p = v[faces]
     face_normal = torch.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=1)
     normal = torch.zeros_like(v).index_add_(0, faces.reshape(-1), face_normal.repeat_interleave(
         3, dim=0))
     normal = torch.nn.functional.normalize(normal, dim=1)
-    move = total / count[:, None] - v
+    move = neighbour_mean(v, faces) - v
     move -= (move * normal).sum(dim=1, keepdim=True) * normal
     return v + weight * move
+
+
+def neighbour_mean(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Each vertex's neighbours' mean position (V, 3) on a closed mesh (an isolated vertex:
+    the origin). vertices (V, 3) float, faces (F, 3) int64."""
+    e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # each edge both ways
+    total = torch.zeros_like(vertices).index_add_(0, e[:, 0], vertices[e[:, 1]])
+    count = torch.bincount(e[:, 0], minlength=len(vertices)).clamp_min(1).to(vertices.dtype)
+    return total / count[:, None]
 
 
 def untangle(vertices: torch.Tensor, faces: torch.Tensor,
@@ -439,7 +445,6 @@ def untangle(vertices: torch.Tensor, faces: torch.Tensor,
     v = vertices.detach().clone()
     faces_np = faces.cpu().numpy()
     e = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])  # each edge both ways
-    count = torch.bincount(e[:, 0], minlength=len(v)).clamp_min(1).to(v.dtype)[:, None]
     for _ in range(rounds):
         pairs = crossing_pairs(v.cpu().numpy(), faces_np)
         if len(pairs) == 0:
@@ -449,7 +454,7 @@ def untangle(vertices: torch.Tensor, faces: torch.Tensor,
         for _ in range(UNTANGLE_RINGS):
             region[e[region[e[:, 0]], 1]] = True
         for _ in range(UNTANGLE_STEPS):
-            mean = torch.zeros_like(v).index_add_(0, e[:, 0], v[e[:, 1]]) / count
+            mean = neighbour_mean(v, faces)
             v[region] += 0.5 * (mean[region] - v[region])
     return v, len(crossing_pairs(v.cpu().numpy(), faces_np))
 
