@@ -76,12 +76,16 @@ class FitOptions:
     ``refine_ramp`` of the iterations after the coarse levels, pulled toward zero by
     ``camera_weight``; a view's correction beyond ``refine_max_degrees`` or
     ``refine_max_shift`` (a fraction of its distance) is flagged and not applied. With
-    ``refine_cameras``, after the first-order fit, ``polish_steps`` Levenberg-Marquardt
-    steps (about 3-5 s each for 24 views at 128 px on 2 CPU cores) move the mesh and
-    the cameras together (`backend.fit.joint_polish`; 0: none): each solves the
-    Gauss-Newton system by at most ``polish_cg_iterations`` conjugate-gradient products,
-    damped from ``polish_damping``, the silhouettes rendered at ``polish_sigma`` (px^2)
-    and the vertex moves held smooth by ``polish_smoothness`` (like ``laplacian_weight``).
+    ``refine_tangents`` (on), the cameras are first solved from the silhouettes alone,
+    before the mesh can bend to explain their errors: their epipolar tangencies
+    (`backend.fit.silhouette_calibration`); the visual hull is carved with the solved
+    cameras and the fit refines them further. After the first-order fit,
+    ``polish_steps`` Levenberg-Marquardt steps (about 3-5 s each for 24 views at 128 px
+    on 2 CPU cores) move the mesh and the cameras together (`backend.fit.joint_polish`;
+    0: none): each solves the Gauss-Newton system by at most ``polish_cg_iterations``
+    conjugate-gradient products, damped from ``polish_damping``, the silhouettes
+    rendered at ``polish_sigma`` (px^2) and the vertex moves held smooth by
+    ``polish_smoothness`` (like ``laplacian_weight``).
     """
 
     iterations: int = 300  # the table from every start: 0.962-0.967 held-out IoU (200: 0.959-0.964)
@@ -128,6 +132,7 @@ class FitOptions:
     refine_ramp: float = 0.1
     refine_max_degrees: float = 5.0
     refine_max_shift: float = 0.1
+    refine_tangents: bool = True
     polish_steps: int = 10
     polish_sigma: float = 0.05
     polish_smoothness: float = 100.0

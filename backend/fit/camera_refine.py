@@ -164,16 +164,23 @@ class CameraRefinement:
     """The corrections of the training views' cameras and their optimiser."""
 
     def __init__(self, cameras: Sequence[CameraMatrices], views: Sequence[int],
-                 names: Sequence[str], options: FitOptions, device, dtype=torch.float32):
+                 names: Sequence[str], options: FitOptions, device, dtype=torch.float32,
+                 base: np.ndarray | None = None):
         """cameras: the training views' full-resolution cameras in the normalised frame,
-        views: their view indices, names: their names (same order)."""
+        views: their view indices, names: their names (same order). base: (N, 4, 4)
+        corrections already applied to ``cameras`` before the fit (the tangency solve,
+        `backend.fit.silhouette_calibration`), reported as part of each view's
+        correction; None: none."""
         if len(cameras) < MIN_REFINED_VIEWS:
             raise FitError(f"refine_cameras needs at least {MIN_REFINED_VIEWS} fitting views "
                            f"with usable silhouettes, got {len(cameras)}: add views or turn "
                            "camera refinement off")
         self.options, self.names = options, list(names)
         self.row = {int(i): r for r, i in enumerate(views)}
-        self.cameras = list(cameras)
+        self.base = np.tile(np.eye(4), (len(cameras), 1, 1)) if base is None else base
+        # the cameras as the user gave them, which the report measures corrections from
+        self.given = [dataclasses.replace(c, world_to_camera=c.world_to_camera @ np.linalg.inv(b))
+                      for c, b in zip(cameras, self.base, strict=True)]
         pose = np.stack([c.world_to_camera for c in cameras])
         # not R^T: the normalised frame's world_to_camera has a scaled rotation part
         centers = -np.linalg.solve(pose[:, :3, :3], pose[:, :3, 3:])[..., 0]
@@ -252,25 +259,26 @@ class CameraRefinement:
             intrinsics, pose, cams.orthographic, cams.width, cams.height, list(cams.names)))
 
     def report(self, vertices: torch.Tensor, to_world: np.ndarray) -> list[ViewCorrection]:
-        """Each refined view's correction, in input order of the training views.
+        """Each refined view's correction from its camera as given (the tangency solve's
+        and the fit's together), in input order of the training views.
 
         vertices: (V, 3) the fitted mesh, normalised frame; to_world: (4, 4) the frame's
         normalised -> world matrix (`Frame.to_world_matrix`).
         """
         with torch.no_grad():
-            rotation, shift = self.corrections()
-            mats = self.matrices()
-            moved = reprojection_px(vertices, self.cameras, mats, self.log_focal)
+            total = torch.as_tensor(self.base, dtype=self.raw.dtype,
+                                    device=self.raw.device) @ self.matrices()
+            moved = reprojection_px(vertices, self.given, total, self.log_focal)
             focal = float(torch.exp(self.log_focal))
+        total = total.double().cpu().numpy()
         scale = float(np.cbrt(abs(np.linalg.det(to_world[:3, :3]))))
         out = []
         for r, name in enumerate(self.names):
-            degrees = float(np.degrees(rotation[r].norm().item()))
-            fraction = float(shift[r].norm() / self.distances[r])
+            degrees, shift = _rotation_and_shift(total[r], self.centers[r].double().cpu().numpy())
+            fraction = shift / float(self.distances[r])
             out.append(ViewCorrection(
-                name, degrees, float(shift[r].norm()) * scale, fraction, float(moved[r]),
-                world_correction(mats[r].double().cpu().numpy(), to_world), focal,
-                *self._flag(degrees, fraction)))
+                name, degrees, shift * scale, fraction, float(moved[r]),
+                world_correction(total[r], to_world), focal, *self._flag(degrees, fraction)))
         return out
 
     def _flag(self, degrees: float, fraction: float) -> tuple[bool, str]:
@@ -284,17 +292,30 @@ class CameraRefinement:
         return bool(reasons), "; ".join(reasons)
 
 
-def refinement_for(prep: Prepared, frame: Frame, options: FitOptions,
-                   device) -> CameraRefinement | None:
-    """The training views' `CameraRefinement` when ``options.refine_cameras``, else None."""
+def refinement_for(prep: Prepared, frame: Frame, options: FitOptions, device,
+                   solved: dict[int, np.ndarray] | None = None) -> CameraRefinement | None:
+    """The training views' `CameraRefinement` when ``options.refine_cameras``, else None.
+    solved: view index -> world correction D (4, 4) already applied to that view's camera
+    in ``prep`` (the tangency solve), so that the report counts it."""
     if not options.refine_cameras:
         return None
     to_world = frame.to_world_matrix()
+    from_world = np.linalg.inv(to_world)
     cameras = [dataclasses.replace(prep.views[i].camera,
                                    world_to_camera=prep.views[i].camera.world_to_camera @ to_world)
                for i in prep.train_idx]
+    base = np.stack([from_world @ (solved or {}).get(i, np.eye(4)) @ to_world
+                     for i in prep.train_idx])
     return CameraRefinement(cameras, prep.train_idx, [prep.names[i] for i in prep.train_idx],
-                            options, device)
+                            options, device, base=base)
+
+
+def _rotation_and_shift(correction: np.ndarray, center: np.ndarray) -> tuple[float, float]:
+    """How far a correction D (4, 4) turns a camera (degrees) and moves its centre
+    ``center`` (3,) (to D^-1 C, since world_to_camera' = world_to_camera @ D)."""
+    cosine = np.clip((np.trace(correction[:3, :3]) - 1.0) / 2.0, -1.0, 1.0)
+    moved = np.linalg.solve(correction, np.append(center, 1.0))[:3]
+    return float(np.degrees(np.arccos(cosine))), float(np.linalg.norm(moved - center))
 
 
 def correction_messages(corrections: Sequence[ViewCorrection]) -> list[str]:

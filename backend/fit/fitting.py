@@ -24,6 +24,7 @@ This module is the algorithm in one function and the public API; the parts live 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,7 @@ from .joint_polish import polish_fit
 from .loop import LoopResult, Progress, ProgressReporter, optimise
 from .quality import quality_stats
 from .schedule import Schedule, start_lr_scale
+from .silhouette_calibration import pre_calibrate
 from .state import MeshState
 from .targets import Frame, TrainingTargets, view_groups
 
@@ -100,6 +102,9 @@ def fit(
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     prep = prepare_views(views)
+    solved = pre_calibrate(prep, options)  # cameras from the silhouettes' tangencies
+    if solved is not None:
+        prep = dataclasses.replace(solved.prep, messages=solved.prep.messages + [solved.message])
     start = initial_mesh(prep, vertices, faces, options)
     frame = Frame.around(start.vertices)
     t_init = time.perf_counter()
@@ -127,7 +132,7 @@ def fit(
 
     new_faces = start.given_faces is None or adaptive is not None
     reporter = ProgressReporter(on_progress, options, prep.fit_idx, frame, t_start, new_faces)
-    refinement = refinement_for(prep, frame, options, device)
+    refinement = refinement_for(prep, frame, options, device, solved and solved.world)
     run = optimise(state, schedule, targets, settings, options, iou, reporter, should_stop,
                    adaptive, refinement)
     if refinement is not None and options.polish_steps and run.status == "done":
