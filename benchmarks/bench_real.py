@@ -1,7 +1,7 @@
 """Real-captures benchmark: from photos without alpha to a fitted mesh, stage by stage.
 
     python benchmarks/bench_real.py [--iterations 200] [--resolution 160]
-        [--scenes temple plain dark green]
+        [--scenes temple plain dark green] [--set refine_cameras=true ...]
 
 For each scene, the path the product takes (`bash scripts/demo.sh`, headless --import):
 the views at the fit's resolution (photos area-averaged down to `--resolution` on the
@@ -63,6 +63,7 @@ from backend.segment.stage import (  # noqa: E402
     fitted_silhouettes,
     segment_views,
 )
+from benchmarks.bench_fit import parse_set  # noqa: E402
 from devtools import cycles_render as cycles  # noqa: E402
 from softras_blender.silhouettes import srgb_to_linear  # noqa: E402
 
@@ -162,7 +163,7 @@ def cycles_scene(backdrop: str, resolution: int):
     return views, truths, None, 0.0
 
 
-def run_scene(name: str, resolution: int, iterations: int) -> dict:
+def run_scene(name: str, resolution: int, options: FitOptions) -> dict:
     views, truths, keeps, import_seconds = (temple_scene(resolution) if name == "temple"
                                             else cycles_scene(name, resolution))
     keeps = keeps or [None] * len(views)
@@ -172,7 +173,7 @@ def run_scene(name: str, resolution: int, iterations: int) -> dict:
     mask_iou = [iou(m, t, k) for m, t, k in zip(outcome.masks, truths, keeps, strict=True)]
     fitted = [FitView(v.camera, v.image, v.name, v.held_out) for v in fit_views(views, outcome)]
     start = time.perf_counter()
-    result = fit(fitted, None, None, FitOptions(iterations=iterations, device="cpu"))
+    result = fit(fitted, None, None, options)
     fit_seconds = time.perf_counter() - start
     held = [k for k, v in enumerate(views) if v.held_out]
     outlines = fitted_silhouettes(result.vertices, result.faces, [views[k] for k in held])
@@ -199,7 +200,11 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=160)
     parser.add_argument("--scenes", nargs="+", default=["temple", "plain", "dark", "green"],
                         choices=["temple", "plain", "dark", "green"])
+    parser.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                        help="FitOptions overrides, e.g. refine_cameras=true")
     args = parser.parse_args()
+    options = FitOptions(**{"iterations": args.iterations, "device": "cpu",
+                            **parse_set(args.set)})
     import softras_blender
 
     softras_blender.register()
@@ -207,7 +212,7 @@ def main() -> None:
           f"{'held-out IoU mean/min':>21}  {'import':>6} {'segment':>7} {'check':>6} "
           f"{'fit':>6}  flagged")
     for name in args.scenes:
-        r = run_scene(name, args.resolution, args.iterations)
+        r = run_scene(name, args.resolution, options)
         print(f"{r['scene']:8} {r['views']:5d} {r['size']:4d}  "
               f"{np.mean(r['first_iou']):5.3f}/{min(r['first_iou']):.3f}  "
               f"{np.mean(r['mask_iou']):8.3f}/{min(r['mask_iou']):.3f}  "

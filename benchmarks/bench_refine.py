@@ -14,9 +14,11 @@ overrides them):
 
 - exact: the true cameras;
 - miscalibrated: the moved cameras, no refinement;
-- first-order: the moved cameras with ``refine_cameras`` and ``polish_steps=0`` (the
-  joint Gauss-Newton polish, `backend.fit.joint_polish`, off);
-- refined: the moved cameras with ``refine_cameras`` (polish as ``--set`` leaves it);
+- no tangents: the moved cameras with ``refine_cameras`` but ``refine_tangents`` off
+  (the joint fit alone, no solve from the silhouettes' epipolar tangencies first);
+- refined: the moved cameras with ``refine_cameras`` (the tangency solve, then the
+  joint fit; as ``--set`` leaves the options);
+- polished: the same with ``polish_steps=10`` (`backend.fit.joint_polish` after it);
 
 and two with the poses exact but every fitting camera's focal length off by ``--focal``
 (a fraction; 0 skips them), the held-out cameras exact:
@@ -148,11 +150,12 @@ def run_target(target: str, width: int, height: int, options: FitOptions,
     print(f"{target} {case.size}: Cycles targets {seconds:.1f} s", flush=True)
     moved = miscalibrated_views(case, args.degrees, args.fraction, args.seed)
     rows = []
-    first_order = dataclasses.replace(options, refine_cameras=True, polish_steps=0)
+    refined = dataclasses.replace(options, refine_cameras=True)
     for label, views, fit_options in (
             ("exact", case.views, options), ("miscalibrated", moved, options),
-            ("first-order", moved, first_order),
-            ("refined", moved, dataclasses.replace(options, refine_cameras=True))):
+            ("no tangents", moved, dataclasses.replace(refined, refine_tangents=False)),
+            ("refined", moved, refined),
+            ("polished", moved, dataclasses.replace(refined, polish_steps=10))):
         refine = fit_options.refine_cameras
         row, result = run_fit(label, views, fit_options)
         row["target"] = target

@@ -462,15 +462,14 @@ def _look_at_point(views) -> np.ndarray:
 @pytest.mark.blender
 def test_refinement_recovers_most_of_the_held_out_iou_of_exact_cameras():
     """Fitting cameras turned 1.5 degrees and moved 2% of their distance: the held-out
-    IoU drops; refinement wins back most of it.
+    IoU drops; refinement (the tangency solve, then the joint fit) wins back most of it.
 
-    Issue 11 asks for within 0.005 of the exact cameras' fit; measured so far (this
-    scene, default options, before the joint polish): exact 0.971, miscalibrated 0.803,
-    refined 0.943-0.955, the corrections leaving about 0.5 px of the 3.7 px camera
-    error; the polish adds 0.002-0.023 on the benchmark's targets. The assertion is
-    what is reached (at least 75% of the drop recovered), not the issue's target: the
-    rest is shared between the cameras and the mesh, which bends to explain them
-    (docs/benchmarks.md, "Why the pose gap stays").
+    Issue 11 asks for within 0.005 of the exact cameras' fit. Measured (this scene,
+    default options, 2-core CPU): exact 0.9683, miscalibrated 0.7698, refined 0.9594
+    (95% of the drop; 0.943-0.955 before the tangency solve). The assertion is what is
+    reached with a margin (at least 90% of the drop recovered), not the issue's target:
+    the rest lies in camera motions the silhouettes barely see, which the mesh bends to
+    explain (docs/benchmarks.md, "Cameras from epipolar tangencies").
     """
     pytest.importorskip("bpy")
     from fit_targets import cycles_views
@@ -493,7 +492,7 @@ def test_refinement_recovers_most_of_the_held_out_iou_of_exact_cameras():
     print(f"held-out IoU: exact {exact:.4f}, miscalibrated {miscalibrated_iou:.4f}, "
           f"refined {refined:.4f}")
     assert miscalibrated_iou < exact - 0.02
-    assert refined > miscalibrated_iou + 0.75 * (exact - miscalibrated_iou)
+    assert refined > miscalibrated_iou + 0.9 * (exact - miscalibrated_iou)
     assert not any(c.flagged for c in result.camera_corrections)
 
 
