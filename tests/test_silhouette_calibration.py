@@ -112,7 +112,7 @@ def test_the_residuals_vanish_for_exact_cameras_and_the_jacobian_is_their_deriva
     exact = sc.tangency_residuals(views, views, tangencies)
     # contour sampling error only (16 coverage levels per pixel here)
     assert np.sqrt(np.mean(exact ** 2)) < 0.25 and np.median(np.abs(exact)) < 0.1
-    jac = sc.tangency_jacobian(solver, raw, tangencies)
+    jac = sc.tangency_jacobian(solver, raw, tangencies).toarray()
     for view, param in ((3, 0), (3, 4), (11, 2), (11, 5)):
         step = np.zeros_like(raw)
         step[view, param] = 1e-6

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import sparse
 from scipy.spatial import ConvexHull, QhullError
 
 from ..core.camera import CameraMatrices
@@ -104,14 +105,20 @@ def tangent_indices(hull: np.ndarray, epipole: np.ndarray) -> tuple[int, int] | 
     """The two hull vertices (indices into ``hull`` (K, 2)) whose lines through the
     homogeneous point ``epipole`` (3,) leave the whole hull on one side; None when the
     epipole is inside the hull. Projective: works for an epipole at infinity."""
-    pts = np.concatenate([hull, np.ones((len(hull), 1))], axis=1)
-    lines = np.cross(epipole[None, :], pts)
-    prev = np.einsum("ki,ki->k", lines, np.roll(pts, 1, axis=0))
-    nxt = np.einsum("ki,ki->k", lines, np.roll(pts, -1, axis=0))
-    found = np.nonzero(prev * nxt > 0)[0]
-    if len(found) != 2:
-        return None
-    return int(found[0]), int(found[1])
+    found, ok = tangents_from(hull, epipole[None])
+    return (int(found[0, 0]), int(found[0, 1])) if ok[0] else None
+
+
+def tangents_from(hull: np.ndarray, epipoles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`tangent_indices` for many homogeneous points ``epipoles`` (M, 3) at once:
+    (indices (M, 2) int, ok (M,) bool, False where a point has no two tangents)."""
+    pts = _homogeneous(hull)
+    lines = np.cross(epipoles[:, None, :], pts[None, :, :])
+    prev = np.einsum("mki,ki->mk", lines, np.roll(pts, 1, axis=0))
+    nxt = np.einsum("mki,ki->mk", lines, np.roll(pts, -1, axis=0))
+    tangent = prev * nxt > 0
+    # the first two tangent vertices in hull order (stable sort puts True first)
+    return np.argsort(~tangent, axis=1, kind="stable")[:, :2], tangent.sum(axis=1) == 2
 
 
 @dataclass
@@ -198,32 +205,35 @@ def select_tangencies(hulls: Sequence[np.ndarray | None], views: _Views) -> _Tan
     are matched by their epipolar planes' normals; each matched pair gives a residual
     both ways.
     """
-    rows: list[tuple[int, int, np.ndarray, np.ndarray]] = []
-    usable = [i for i, h in enumerate(hulls) if h is not None]
-    centers = views.centers
-    for a, i in enumerate(usable):
-        for j in usable[a + 1:]:
-            ti = tangent_indices(hulls[i], views.projection[i] @ np.append(centers[j], 1.0))
-            tj = tangent_indices(hulls[j], views.projection[j] @ np.append(centers[i], 1.0))
-            if ti is None or tj is None:
-                continue
-            pi, pj = hulls[i][list(ti)], hulls[j][list(tj)]
-            baseline = centers[j] - centers[i]
-            ni = np.cross(baseline, _homogeneous(pi) @ views.rays[i].T)
-            nj = np.cross(baseline, _homogeneous(pj) @ views.rays[j].T)
-            ni /= np.linalg.norm(ni, axis=1, keepdims=True)
-            nj /= np.linalg.norm(nj, axis=1, keepdims=True)
-            cos = np.abs(ni @ nj.T)
-            if cos[0, 0] + cos[1, 1] < cos[0, 1] + cos[1, 0]:
-                pj = pj[::-1]
-            for k in range(2):
-                rows.append((i, j, pi[k], pj[k]))
-                rows.append((j, i, pj[k], pi[k]))
-    if not rows:
-        return _Tangencies(np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)),
-                           np.zeros((0, 2)))
-    src, dst, source, target = zip(*rows, strict=True)
-    return _Tangencies(np.array(src), np.array(dst), np.stack(source), np.stack(target))
+    usable = np.array([i for i, h in enumerate(hulls) if h is not None], dtype=int)
+    centers = _homogeneous(views.centers[usable])
+    points, ok = [], []
+    for i in usable:  # the tangent points in view i from every usable view's epipole
+        found, found_ok = tangents_from(hulls[i], centers @ views.projection[i].T)
+        points.append(hulls[i][found])
+        ok.append(found_ok)
+    points, ok = np.stack(points), np.stack(ok)  # (U, U, 2, 2): [in view a, from view b]
+    first, second = np.triu_indices(len(usable), k=1)
+    keep = ok[first, second] & ok[second, first]
+    first, second = first[keep], second[keep]
+    src, dst = usable[first], usable[second]
+    pi, pj = points[first, second], points[second, first].copy()
+    baseline = (views.centers[dst] - views.centers[src])[:, None, :]
+    ni = _unit(np.cross(baseline, np.einsum("pij,pkj->pki", views.rays[src], _homogeneous(pi))))
+    nj = _unit(np.cross(baseline, np.einsum("pij,pkj->pki", views.rays[dst], _homogeneous(pj))))
+    cos = np.abs(np.einsum("pai,pbi->pab", ni, nj))
+    swap = cos[:, 0, 0] + cos[:, 1, 1] < cos[:, 0, 1] + cos[:, 1, 0]
+    pj[swap] = pj[swap][:, ::-1]
+    # rows: for each pair and tangent, i -> j then j -> i
+    src_rows = np.stack([src, dst], axis=1)[:, None, :].repeat(2, axis=1).reshape(-1)
+    dst_rows = np.stack([dst, src], axis=1)[:, None, :].repeat(2, axis=1).reshape(-1)
+    source = np.stack([pi, pj], axis=2).reshape(-1, 2)
+    target = np.stack([pj, pi], axis=2).reshape(-1, 2)
+    return _Tangencies(src_rows, dst_rows, source, target)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
 def tangency_residuals(source_views: _Views, target_views: _Views,
@@ -243,24 +253,27 @@ def tangency_residuals(source_views: _Views, target_views: _Views,
 
 
 def tangency_jacobian(rig: _Rig, raw: np.ndarray, tangencies: _Tangencies,
-                      step: float = 1e-6) -> np.ndarray:
-    """(M, 6N) derivative of `tangency_residuals` in the raw parameters (N, 6) by
-    central differences. A residual depends on two views only, so each parameter is
+                      step: float = 1e-6) -> sparse.csr_matrix:
+    """(M, 6N) sparse derivative of `tangency_residuals` in the raw parameters (N, 6),
+    by central differences. A residual depends on two views only, so each parameter is
     moved in every view at once and the source and target sides are differenced apart:
-    12 pairs of evaluations for the whole Jacobian."""
+    12 pairs of evaluations for the whole Jacobian, 12 non-zeros per row."""
     n, m = len(raw), len(tangencies.src)
     base = rig.corrected(raw)
-    jac = np.zeros((m, n, 6))
-    rows = np.arange(m)
+    values, columns = [], []
     for p in range(6):
         delta = np.zeros_like(raw)
         delta[:, p] = step
         plus, minus = rig.corrected(raw + delta), rig.corrected(raw - delta)
-        jac[rows, tangencies.src, p] += (tangency_residuals(plus, base, tangencies)
-                                         - tangency_residuals(minus, base, tangencies)) / (2 * step)
-        jac[rows, tangencies.dst, p] += (tangency_residuals(base, plus, tangencies)
-                                         - tangency_residuals(base, minus, tangencies)) / (2 * step)
-    return jac.reshape(m, 6 * n)
+        values.append(tangency_residuals(plus, base, tangencies)
+                      - tangency_residuals(minus, base, tangencies))
+        columns.append(6 * tangencies.src + p)
+        values.append(tangency_residuals(base, plus, tangencies)
+                      - tangency_residuals(base, minus, tangencies))
+        columns.append(6 * tangencies.dst + p)
+    rows = np.tile(np.arange(m), len(values))
+    return sparse.csr_matrix((np.concatenate(values) / (2 * step),
+                              (rows, np.concatenate(columns))), shape=(m, 6 * n))
 
 
 def calibrate(cameras: Sequence[CameraMatrices], alphas: Sequence[np.ndarray],
@@ -294,10 +307,11 @@ def calibrate(cameras: Sequence[CameraMatrices], alphas: Sequence[np.ndarray],
         r = residuals(flat, tangencies)
         if rms_before is None:
             rms_before = float(np.sqrt(np.mean(r ** 2)))
-        jac = tangency_jacobian(rig, rig.project(flat).reshape(n, 6), tangencies) @ gauge_free
+        jac = tangency_jacobian(rig, rig.project(flat).reshape(n, 6), tangencies)
         weights = _huber_weights(r, huber)
-        lhs = jac.T @ (weights[:, None] * jac) + prior * np.eye(6 * n)
-        rhs = -(jac.T @ (weights * r) + prior * flat)
+        normal = (jac.T @ sparse.diags(weights) @ jac).toarray()
+        lhs = gauge_free @ normal @ gauge_free + prior * np.eye(6 * n)
+        rhs = -(gauge_free @ (jac.T @ (weights * r)) + prior * flat)
         current = cost(flat, tangencies)
         for _attempt in range(8):
             trial = flat + rig.project(np.linalg.solve(
