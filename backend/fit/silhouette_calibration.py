@@ -61,8 +61,9 @@ AGREEING_RMS_PX = 0.3
 
 @dataclass
 class Calibration:
-    """What `calibrate` found. corrections: (N, 4, 4) float64 world matrices D (identity
-    for views that took no part); rms_before / rms_after: RMS tangency residual (px);
+    """What `calibrate` found. corrections: (N, 4, 4) float64 world matrices D (views
+    that took no part move only with the gauge: the cameras' common similarity is
+    removed over all of them); rms_before / rms_after: RMS tangency residual (px);
     pairs: tangent pairs used at the end; used: views that took part; steps: accepted
     Gauss-Newton steps."""
 
@@ -179,7 +180,9 @@ def _nearest_to_axes(centers: np.ndarray, poses: np.ndarray) -> np.ndarray:
     """(3,) the point nearest (least squares) to every camera's optical axis."""
     axes = poses[:, 2, :3] / np.linalg.norm(poses[:, 2, :3], axis=1, keepdims=True)
     normal = np.eye(3)[None] - axes[:, :, None] * axes[:, None, :]
-    return np.linalg.solve(normal.sum(0), np.einsum("nij,nj->i", normal, centers))
+    # lstsq: parallel axes (cameras all looking one way) have no single nearest point
+    return np.linalg.lstsq(normal.sum(0), np.einsum("nij,nj->i", normal, centers),
+                           rcond=None)[0]
 
 
 @dataclass
@@ -280,40 +283,37 @@ def calibrate(cameras: Sequence[CameraMatrices], alphas: Sequence[np.ndarray],
               max_steps: int = 30) -> Calibration:
     """Corrections of perspective ``cameras`` (world frame) that make the silhouettes
     ``alphas`` (each (H, W) float in [0, 1], the camera's image size) agree on their
-    epipolar tangencies. Views whose silhouette is empty or cut by the border get the
-    identity. Gauss-Newton with Levenberg-Marquardt damping on Huber-weighted residuals
-    plus a small prior toward no correction; the tangent points are re-chosen each step.
+    epipolar tangencies. Views whose silhouette is empty or cut by the border take no
+    part (they move only with the gauge). Gauss-Newton with Levenberg-Marquardt damping
+    on Huber-weighted residuals plus a small prior toward no correction; the tangent
+    points are re-chosen after every step.
     """
     hulls = [contour_hull(np.asarray(a, dtype=np.float64)) for a in alphas]
     rig = _Rig.of(cameras)
     n = len(cameras)
     prior = (PRIOR * float(np.mean([abs(c.intrinsics[0, 0]) for c in cameras]))) ** 2
-    huber = HUBER_PX
-    flat = np.zeros(6 * n)
-    damping, accepted, rms_before = 1e-3, 0, None
     gauge_free = np.eye(6 * n) - rig.gauge @ rig.gauge.T
 
-    def residuals(x: np.ndarray, tangencies: _Tangencies) -> np.ndarray:
-        views = rig.corrected(rig.project(x).reshape(n, 6))
-        return tangency_residuals(views, views, tangencies)
+    def at(x: np.ndarray) -> _Views:
+        return rig.corrected(rig.project(x).reshape(n, 6))
 
     def cost(x: np.ndarray, tangencies: _Tangencies) -> float:
-        return _robust_cost(residuals(x, tangencies), huber) + 0.5 * prior * float(x @ x)
+        r = tangency_residuals(at(x), at(x), tangencies)
+        return _robust_cost(r, HUBER_PX) + 0.5 * prior * float(x @ x)
 
-    tangencies = select_tangencies(hulls, rig.corrected(np.zeros((n, 6))))
-    for _ in range(max_steps):
-        if len(tangencies.src) == 0:
-            break
-        r = residuals(flat, tangencies)
-        if rms_before is None:
-            rms_before = float(np.sqrt(np.mean(r ** 2)))
+    flat = np.zeros(6 * n)
+    tangencies = select_tangencies(hulls, at(flat))
+    rms_before = _rms(tangency_residuals(at(flat), at(flat), tangencies))
+    damping, accepted = 1e-3, 0
+    while accepted < max_steps and len(tangencies.src):
+        r = tangency_residuals(at(flat), at(flat), tangencies)
         jac = tangency_jacobian(rig, rig.project(flat).reshape(n, 6), tangencies)
-        weights = _huber_weights(r, huber)
+        weights = _huber_weights(r, HUBER_PX)
         normal = (jac.T @ sparse.diags(weights) @ jac).toarray()
         lhs = gauge_free @ normal @ gauge_free + prior * np.eye(6 * n)
         rhs = -(gauge_free @ (jac.T @ (weights * r)) + prior * flat)
         current = cost(flat, tangencies)
-        for _attempt in range(8):
+        for _attempt in range(8):  # raise the damping until the step lowers the cost
             trial = flat + rig.project(np.linalg.solve(
                 lhs + damping * np.diag(np.diagonal(lhs)), rhs))
             trial_cost = cost(trial, tangencies)
@@ -323,14 +323,17 @@ def calibrate(cameras: Sequence[CameraMatrices], alphas: Sequence[np.ndarray],
         else:
             break
         flat, damping, accepted = trial, max(damping / 3.0, 1e-6), accepted + 1
-        tangencies = select_tangencies(hulls, rig.corrected(rig.project(flat).reshape(n, 6)))
+        tangencies = select_tangencies(hulls, at(flat))
         if current - trial_cost < 1e-6 * current:
             break
-    final = residuals(flat, tangencies)
-    used = sorted({int(i) for i in tangencies.src})
-    return Calibration(rig.corrections(rig.project(flat).reshape(n, 6)), rms_before or 0.0,
-                       float(np.sqrt(np.mean(final ** 2))) if len(final) else 0.0,
-                       len(tangencies.src) // 4, used, accepted)
+    return Calibration(rig.corrections(rig.project(flat).reshape(n, 6)), rms_before,
+                       _rms(tangency_residuals(at(flat), at(flat), tangencies)),
+                       len(tangencies.src) // 4, sorted({int(i) for i in tangencies.src}),
+                       accepted)
+
+
+def _rms(r: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(r ** 2))) if len(r) else 0.0
 
 
 def _huber_weights(r: np.ndarray, delta: float) -> np.ndarray:
@@ -374,13 +377,11 @@ def pre_calibrate(prep: Prepared, options: FitOptions) -> PreCalibration | None:
                               f"cameras ({found.rms_before:.2f} px RMS): no correction before "
                               "the fit")
     views = list(prep.views)
-    world = {}
-    for r, i in enumerate(prep.train_idx):
-        if i in {prep.train_idx[u] for u in found.used}:
-            world[i] = found.corrections[r]
-            camera = views[i].camera
-            views[i] = dataclasses.replace(views[i], camera=dataclasses.replace(
-                camera, world_to_camera=camera.world_to_camera @ world[i]))
+    world = dict(zip(prep.train_idx, found.corrections, strict=True))
+    for i, correction in world.items():
+        camera = views[i].camera
+        views[i] = dataclasses.replace(views[i], camera=dataclasses.replace(
+            camera, world_to_camera=camera.world_to_camera @ correction))
     return PreCalibration(dataclasses.replace(prep, views=views), world, (
         f"cameras solved from the silhouettes' epipolar tangents before the fit "
         f"({found.pairs} view pairs, RMS {found.rms_before:.2f} -> {found.rms_after:.2f} px)"))
