@@ -62,7 +62,7 @@ import torch  # noqa: E402
 
 from backend.core.camera import CameraMatrices  # noqa: E402
 from backend.fit.camera_refine import apply_to_pose, miscalibrated  # noqa: E402
-from backend.fit.fitting import FitOptions, FitResult, View, fit  # noqa: E402
+from backend.fit.fitting import FitError, FitOptions, FitResult, View, fit  # noqa: E402
 from backend.render.renderer import Cameras, project_points, render_silhouette  # noqa: E402
 from backend.render.settings import RenderSettings  # noqa: E402
 from benchmarks.bench_fit import Case, cpu_name, parse_set, prepare_case  # noqa: E402
@@ -163,7 +163,11 @@ def run_target(target: str, width: int, height: int, options: FitOptions,
         if label not in args.fits:
             continue
         refine = fit_options.refine_cameras
-        row, result = run_fit(label, views, fit_options)
+        try:
+            row, result = run_fit(label, views, fit_options)
+        except FitError as error:  # e.g. the hull of badly calibrated thin parts is empty
+            print(f"  {label:<14} failed: {error}", flush=True)
+            continue
         row["target"] = target
         row["camera_px"], row["silhouette_px"] = camera_errors(
             case, views, result if refine else None)

@@ -13,7 +13,7 @@ from fit_scenes import box, cameras, sphere
 from backend.core.camera import CameraMatrices
 from backend.fit import silhouette_calibration as sc
 from backend.fit.camera_refine import apply_to_pose, miscalibrated
-from backend.fit.fitting import FitOptions, View, fit
+from backend.fit.fitting import FitError, FitOptions, View, fit
 from backend.fit.inputs import prepare_views
 from backend.render.renderer import Cameras, RenderSettings, project_points, render_silhouette
 
@@ -181,3 +181,17 @@ def test_a_refined_fit_reports_the_tangency_solve_in_each_views_correction(rig):
                                                    strict=True)]
     assert _vertex_error_px(v, applied, true) < 0.3 * _vertex_error_px(v, moved, true)
     assert all(r.rotation_deg > 0.3 for r in result.camera_corrections)
+
+
+def test_a_hull_that_a_miscalibration_empties_points_to_refine_cameras(rig):
+    _, _, true, alphas = rig
+    turned = list(true)
+    away = np.eye(4)
+    away[:3, :3] = [[0, 0, 1], [0, 1, 0], [-1, 0, 0]]  # 90 degrees about y
+    turned[3] = dataclasses.replace(true[3], world_to_camera=away @ true[3].world_to_camera)
+    with pytest.raises(FitError, match="Refine Cameras solves the cameras"):
+        fit(_views(turned, alphas), None, None, FitOptions(iterations=1, device="cpu"))
+    with pytest.raises(FitError, match="no point in common") as refined:
+        fit(_views(turned, alphas), None, None, FitOptions(iterations=1, device="cpu",
+                                                           refine_cameras=True))
+    assert "Refine Cameras" not in str(refined.value)

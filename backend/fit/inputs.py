@@ -203,7 +203,10 @@ def initial_mesh(prep: Prepared, vertices, faces, options: FitOptions) -> Initia
         try:
             return _mesh_from_silhouettes(prep, options)
         except ValueError as error:
-            raise FitError(f"cannot build an initial mesh from the silhouettes: {error}") from None
+            hint = ("" if options.refine_cameras else "; if the calibration is only a little "
+                    "off, Refine Cameras solves the cameras from the silhouettes first")
+            raise FitError(f"cannot build an initial mesh from the silhouettes: {error}"
+                           f"{hint}") from None
     if faces is None:
         raise FitError("vertices were given without faces: give both, or neither")
     start = _given_mesh(vertices, faces)
