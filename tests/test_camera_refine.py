@@ -534,3 +534,31 @@ def test_headless_refine_cameras_saves_the_refined_cameras(tmp_path):
         expected = np.asarray(before[name]) if c["flagged"] else (
             np.asarray(c["world_correction"]) @ np.asarray(before[name]))
         np.testing.assert_allclose(after[name], expected, atol=1e-5)
+
+
+def test_a_camera_step_moves_only_the_views_rendered_in_it():
+    """Lazy Adam: a view not rendered this iteration keeps its correction and moments
+    (else it drifts on momentum through the iterations that skip it)."""
+    cams, views = ring()
+    ref = refinement(cams, views)
+    for chosen in ([views[0], views[1]], [views[2]]):
+        ref.zero_grad()
+        before = ref.raw.detach().clone()
+        (ref.corrections()[0].sum() + ref.corrections()[1].pow(2).sum() + ref.raw.sum()
+         ).backward()
+        ref.step(1.0, 1.0, chosen)
+        moved = (ref.raw.detach() != before).any(dim=1)
+        assert moved.tolist() == [views[k] in chosen for k in range(len(views))]
+    state = ref.optimizer.state[ref.raw]
+    assert torch.all(state["exp_avg"][3:] == 0) and torch.all(state["exp_avg"][:3] != 0)
+
+
+def test_views_the_tangency_solve_pinned_are_kept_by_the_fit():
+    cams, views = ring()
+    ref = CameraRefinement(cams, views, [f"cam {i}" for i in views], REFINE, "cpu",
+                           torch.float64, fixed=[views[1], views[4]])
+    ref.zero_grad()
+    (ref.corrections()[0].sum() + ref.raw.sum()).backward()
+    ref.step(1.0, 1.0, views)
+    moved = (ref.raw.detach() != 0).any(dim=1).tolist()
+    assert moved == [True, False, True, True, False, True]

@@ -72,8 +72,10 @@ class FitOptions:
 
     Cameras (`backend.fit.camera_refine`): ``refine_cameras`` optimises a small rotation
     and shift of every fitting view's camera with the mesh (``refine_focal``: also one
-    shared focal-length scale), at ``camera_learning_rate`` ramped in over
-    ``refine_ramp`` of the iterations after the coarse levels, pulled toward zero by
+    shared focal-length scale), by Adam steps of about ``camera_step_px`` pixels of the
+    finest rendered level (a learning rate of that over the focal length in pixels),
+    ramped in over ``refine_ramp`` of the iterations after the coarse levels, pulled
+    toward zero by
     ``camera_weight``; a view's correction beyond ``refine_max_degrees`` or
     ``refine_max_shift`` (a fraction of its distance) is flagged and not applied. With
     ``refine_tangents`` (on), the cameras are first solved from the silhouettes alone,
@@ -127,7 +129,7 @@ class FitOptions:
     large_steps_lr: float = 0.3
     refine_cameras: bool = False
     refine_focal: bool = False
-    camera_learning_rate: float = 0.005
+    camera_step_px: float = 0.9  # 0.005 radians at the 128 px benchmarks' focal length
     camera_weight: float = 0.1
     refine_ramp: float = 0.1
     refine_max_degrees: float = 5.0
@@ -166,7 +168,7 @@ class FitOptions:
             (math.isfinite(self.smoothing) and self.smoothing > 0, "smoothing must be > 0"),
             (self.large_steps_lr > 0, "large_steps_lr must be positive"),
             (self.device in DEVICES, f"device must be one of {DEVICES}"),
-            (self.camera_learning_rate > 0, "camera_learning_rate must be positive"),
+            (self.camera_step_px > 0, "camera_step_px must be positive"),
             (0 <= self.refine_ramp <= 1, "refine_ramp must be in [0, 1]"),
             (self.refine_max_degrees > 0 and self.refine_max_shift > 0,
              "refine_max_degrees and refine_max_shift must be positive"),

@@ -51,7 +51,7 @@ compact object.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,6 +61,7 @@ from ..core.camera import CameraMatrices
 from ..core.options import FitError, FitOptions
 from ..render.renderer import Cameras, project_points
 from .inputs import Prepared
+from .schedule import finest_scale
 from .targets import Frame, ViewGroup
 
 # Each view has 6 correction parameters and 7 of all of them are the gauge (a
@@ -169,18 +170,20 @@ class CameraRefinement:
 
     def __init__(self, cameras: Sequence[CameraMatrices], views: Sequence[int],
                  names: Sequence[str], options: FitOptions, device, dtype=torch.float32,
-                 base: np.ndarray | None = None):
+                 base: np.ndarray | None = None, fixed: Collection[int] = ()):
         """cameras: the training views' full-resolution cameras in the normalised frame,
         views: their view indices, names: their names (same order). base: (N, 4, 4)
         corrections already applied to ``cameras`` before the fit (the tangency solve,
         `backend.fit.silhouette_calibration`), reported as part of each view's
-        correction; None: none."""
+        correction; None: none. fixed: view indices whose cameras the fit keeps (the
+        ones the tangency solve pinned; they move only with the gauge)."""
         if len(cameras) < MIN_REFINED_VIEWS:
             raise FitError(f"refine_cameras needs at least {MIN_REFINED_VIEWS} fitting views "
                            f"with usable silhouettes, got {len(cameras)}: add views or turn "
                            "camera refinement off")
         self.options, self.names = options, list(names)
         self.row = {int(i): r for r, i in enumerate(views)}
+        self.fixed = [self.row[int(i)] for i in fixed]
         self.base = np.tile(np.eye(4), (len(cameras), 1, 1)) if base is None else base
         # the cameras as the user gave them, which the report measures corrections from
         self.given = [dataclasses.replace(c, world_to_camera=c.world_to_camera @ np.linalg.inv(b))
@@ -192,6 +195,15 @@ class CameraRefinement:
         if np.any(distances < 1e-6):
             raise FitError("a camera sits at the object's centre: its pose cannot be refined")
         perspective = not any(c.orthographic for c in cameras)
+        # Adam moves each parameter by about the learning rate a step, and a parameter
+        # (radians, or a fraction of the distance) moves the image by the focal length
+        # (pixels of the finest rendered level) times it: a rate in radians would take
+        # 6x larger steps in the pixels of an 800 px view than of a 128 px one. For an
+        # orthographic view, pixels per unit times the depth of the object's centre.
+        depth = np.where([c.orthographic for c in cameras], np.abs(pose[:, 2, 3]), 1.0)
+        focal = np.mean([abs(c.intrinsics[0, 0]) for c in cameras] * depth)
+        largest = max(max(c.width, c.height) for c in cameras)
+        self.learning_rate = options.camera_step_px / (focal * finest_scale(options, largest))
         as_tensor = lambda a: torch.tensor(a, dtype=dtype, device=device)  # noqa: E731
         self.centers, self.distances = as_tensor(centers), as_tensor(distances)
         self.gauge = as_tensor(gauge_basis(centers, distances, perspective))
@@ -235,14 +247,34 @@ class CameraRefinement:
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self, lr_factor: float, ramp: float) -> None:
-        """One Adam step at ``camera_learning_rate * lr_factor * ramp`` (no step at 0)."""
-        lr = self.options.camera_learning_rate * lr_factor * ramp
+    def step(self, lr_factor: float, ramp: float, views: Sequence[int]) -> None:
+        """One Adam step at ``self.learning_rate * lr_factor * ramp`` (no step at 0) of
+        the corrections of ``views`` (view indices: the ones this iteration rendered)
+        and the focal scale.
+
+        Lazy: the other views' corrections and Adam moments stay as they are. Adam would
+        otherwise keep moving a view on its momentum through the iterations that do not
+        render it (with 100 views and 8 a step, about 11 in 12), drifting its camera
+        pixels away from where its silhouette put it.
+        """
+        lr = self.learning_rate * lr_factor * ramp
         if lr <= 0:
             return
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        idle = torch.ones(len(self.raw), dtype=torch.bool, device=self.raw.device)
+        idle[[self.row[int(i)] for i in views if int(i) in self.row]] = False
+        idle[self.fixed] = True
+        state = self.optimizer.state.get(self.raw, {})
+        kept = {key: state[key][idle].clone() for key in ("exp_avg", "exp_avg_sq")
+                if key in state}
+        kept_raw = self.raw.detach()[idle].clone()
         self.optimizer.step()
+        with torch.no_grad():
+            self.raw[idle] = kept_raw
+            state = self.optimizer.state[self.raw]
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key][idle] = kept[key] if key in kept else 0.0
 
     def params(self) -> list[torch.Tensor]:
         return [self.raw, self.log_focal]
@@ -297,21 +329,23 @@ class CameraRefinement:
 
 
 def refinement_for(prep: Prepared, frame: Frame, options: FitOptions, device,
-                   solved: dict[int, np.ndarray] | None = None) -> CameraRefinement | None:
+                   world: dict[int, np.ndarray] | None = None,
+                   fixed: Collection[int] = ()) -> CameraRefinement | None:
     """The training views' `CameraRefinement` when ``options.refine_cameras``, else None.
-    solved: view index -> world correction D (4, 4) already applied to that view's camera
-    in ``prep`` (the tangency solve), so that the report counts it."""
+    world: view index -> the tangency solve's world correction D (4, 4), already
+    applied to that view's camera in ``prep`` (the report counts it); fixed: the views
+    the solve pinned, which the fit keeps."""
     if not options.refine_cameras:
         return None
+    world = world or {}
     to_world = frame.to_world_matrix()
     from_world = np.linalg.inv(to_world)
     cameras = [dataclasses.replace(prep.views[i].camera,
                                    world_to_camera=prep.views[i].camera.world_to_camera @ to_world)
                for i in prep.train_idx]
-    base = np.stack([from_world @ (solved or {}).get(i, np.eye(4)) @ to_world
-                     for i in prep.train_idx])
+    base = np.stack([from_world @ world.get(i, np.eye(4)) @ to_world for i in prep.train_idx])
     return CameraRefinement(cameras, prep.train_idx, [prep.names[i] for i in prep.train_idx],
-                            options, device, base=base)
+                            options, device, base=base, fixed=fixed)
 
 
 def _rotation_and_shift(correction: np.ndarray, center: np.ndarray) -> tuple[float, float]:

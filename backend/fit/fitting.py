@@ -132,7 +132,8 @@ def fit(
 
     new_faces = start.given_faces is None or adaptive is not None
     reporter = ProgressReporter(on_progress, options, prep.fit_idx, frame, t_start, new_faces)
-    refinement = refinement_for(prep, frame, options, device, solved and solved.world)
+    refinement = refinement_for(prep, frame, options, device, *(
+        (solved.world, solved.solved) if solved is not None else ()))
     run = optimise(state, schedule, targets, settings, options, iou, reporter, should_stop,
                    adaptive, refinement)
     if refinement is not None and options.polish_steps and run.status == "done":

@@ -139,11 +139,12 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
         # The curvature term flattens what the finest level's silhouettes leave loose;
         # through the coarse levels it would stiffen a rough start that still has far to go.
         finest = step.level == len(schedule.levels) - 1
-        terms, total, step_iou = _iteration(state, targets.at(step.level), sampler.next(),
+        chosen = sampler.next()
+        terms, total, step_iou = _iteration(state, targets.at(step.level), chosen,
                                             dataclasses.replace(settings, sigma=step.sigma),
                                             options, refinement, curvature=finest)
         if refinement is not None:
-            refinement.step(step.lr_factor, step.camera_ramp)
+            refinement.step(step.lr_factor, step.camera_ramp, chosen)
         bad = _non_finite(terms, state.params() + (refinement.params() if refinement else []))
         if bad:
             status, reason = "diverged", _divergence_message(it, bad)

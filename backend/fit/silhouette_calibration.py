@@ -350,11 +350,13 @@ class PreCalibration:
     """The tangency solve's outcome for a fit. prep: the views with the training
     cameras corrected (as given when nothing was solved); world: view index -> D (4, 4)
     world matrix, ``world_to_camera' = world_to_camera @ D``, for the corrected views;
-    message: what the report says."""
+    message: what the report says; solved: the views whose tangencies took part, which
+    the fit keeps (`backend.fit.camera_refine.CameraRefinement`, ``fixed``)."""
 
     prep: Prepared
     world: dict[int, np.ndarray]
     message: str
+    solved: frozenset[int] = frozenset()
 
 
 def pre_calibrate(prep: Prepared, options: FitOptions) -> PreCalibration | None:
@@ -382,6 +384,10 @@ def pre_calibrate(prep: Prepared, options: FitOptions) -> PreCalibration | None:
         camera = views[i].camera
         views[i] = dataclasses.replace(views[i], camera=dataclasses.replace(
             camera, world_to_camera=camera.world_to_camera @ correction))
+    solved = frozenset(prep.train_idx[r] for r in found.used)
+    left = len(prep.train_idx) - len(solved)
     return PreCalibration(dataclasses.replace(prep, views=views), world, (
         f"cameras solved from the silhouettes' epipolar tangents before the fit "
-        f"({found.pairs} view pairs, RMS {found.rms_before:.2f} -> {found.rms_after:.2f} px)"))
+        f"({found.pairs} view pairs, RMS {found.rms_before:.2f} -> {found.rms_after:.2f} px)"
+        + (f"; {left} views they could not use are refined with the mesh" if left else "")),
+        solved)
