@@ -162,6 +162,9 @@ def test_before_the_fit_only_cameras_that_disagree_are_corrected(rig):
     train = [i for i in range(16) if i != 5]
     assert (_vertex_error_px(v, [fixed[i] for i in train], [true[i] for i in train])
             < 0.25 * _vertex_error_px(v, [moved[i] for i in train], [true[i] for i in train]))
+    cut = [np.pad(a[:, 40:], ((0, 0), (0, 40))) for a in alphas]  # all cut at the left
+    none = sc.pre_calibrate(prepare_views(_views(moved, cut)), options)
+    assert none.world == {} and "only 0 silhouettes" in none.message
     ortho = [dataclasses.replace(c, orthographic=True) for c in moved]
     skipped = sc.pre_calibrate(prepare_views(_views(ortho, alphas)), options)
     assert skipped.world == {} and "orthographic" in skipped.message

@@ -209,6 +209,9 @@ def select_tangencies(hulls: Sequence[np.ndarray | None], views: _Views) -> _Tan
     both ways.
     """
     usable = np.array([i for i, h in enumerate(hulls) if h is not None], dtype=int)
+    if len(usable) < 2:
+        return _Tangencies(np.zeros(0, int), np.zeros(0, int), np.zeros((0, 2)),
+                           np.zeros((0, 2)))
     centers = _homogeneous(views.centers[usable])
     points, ok = [], []
     for i in usable:  # the tangent points in view i from every usable view's epipole
