@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import has_cuda
 from fit_scenes import box, cameras, sphere
 
 from backend.core.camera import CameraMatrices
@@ -208,3 +209,24 @@ def test_a_hull_that_a_miscalibration_empties_points_to_refine_cameras(rig):
         fit(_views(turned, alphas), None, None, FitOptions(iterations=1, device="cpu",
                                                            refine_cameras=True))
     assert "Refine Cameras" not in str(refined.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not has_cuda(), reason="needs an NVIDIA GPU with CuPy")
+def test_a_refined_fit_with_the_tangency_solve_runs_on_the_gpu(rig):
+    """The solve's corrections and the lazy camera steps on CUDA tensors: the reported
+    corrections take the given cameras as close to the true ones as on the CPU."""
+    v, _, true, alphas = rig
+    moved = miscalibrated(true, np.zeros(3), 1.5, 0.02, np.random.default_rng(2))
+    errors = {}
+    for device in ("cpu", "cuda"):
+        options = FitOptions(iterations=20, views_per_step=4, refine_cameras=True,
+                             device=device)
+        result = fit(_views(moved, alphas, held_out=(5,)), None, None, options)
+        assert result.status == "done", result.message
+        applied = [apply_to_pose(c, r) for c, r in zip(
+            [c for i, c in enumerate(moved) if i != 5], result.camera_corrections,
+            strict=True)]
+        errors[device] = _vertex_error_px(v, applied, [c for i, c in enumerate(true) if i != 5])
+    assert errors["cuda"] < 0.3 * _vertex_error_px(v, moved, true)
+    assert abs(errors["cuda"] - errors["cpu"]) < 0.1
