@@ -100,6 +100,9 @@ class JointObjective:
         faces: (F, 3) int64; groups: every refined view at full resolution; settings:
         the fit's render settings (their sigma is replaced)."""
         self.v0, self.raw0 = vertices.detach(), refinement.raw.detach().clone()
+        # the views the tangency solve pinned stay where it put them
+        self.free = torch.ones(len(self.raw0), 1, dtype=self.raw0.dtype, device=self.raw0.device)
+        self.free[refinement.fixed] = 0.0
         self.faces = torch.as_tensor(faces, dtype=torch.long, device=vertices.device)
         self.groups, self.refinement = groups, refinement
         self.settings = _sigma(settings, options.polish_sigma)
@@ -124,7 +127,7 @@ class JointObjective:
     def unpack(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (size,) -> (vertices (V, 3), cameras' raw parameters (N, 6))."""
         d = x[:self.n_vertex].reshape(-1, 3) * self.pixel
-        c = x[self.n_vertex:].reshape(-1, 6) / self.focal
+        c = x[self.n_vertex:].reshape(-1, 6) / self.focal * self.free
         return self.v0 + d, self.raw0 + c
 
     def residual(self, x: torch.Tensor, for_jacobian: bool = False) -> torch.Tensor:
