@@ -43,9 +43,9 @@ from backend.core import threads  # noqa: E402
 
 threads.apply()  # before torch (the --fit fits) loads its OpenMP runtime
 
+from backend.core.camera import camera_centres, nearest_point_to_axes  # noqa: E402
 from backend.core.camera_files import read_camera_file  # noqa: E402
 from backend.sfm import normalise_scene, pose_errors, solve_cameras, umeyama  # noqa: E402
-from backend.sfm.alignment import camera_centres, nearest_point_to_axes  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from backend.core.camera import CameraMatrices, blender_camera, look_at, orbit_cameras
+from backend.core.camera import (
+    CameraMatrices,
+    blender_camera,
+    camera_centres,
+    look_at,
+    nearest_point_to_axes,
+    orbit_cameras,
+    world_to_camera,
+)
 from backend.render.renderer import Cameras, project_points
 
 IDENTITY = np.eye(4)  # at the origin, looking down -Z, +Y up
@@ -286,3 +294,25 @@ def test_world_matrix_with_nan_is_rejected():
 def test_world_matrix_with_a_zero_scaled_axis_is_rejected():
     with pytest.raises(ValueError, match="singular"):
         camera(matrix_world=np.diag([1.0, 0.0, 1.0, 1.0]))
+
+
+def test_camera_centres_of_rigid_and_scaled_poses():
+    rng = np.random.default_rng(3)
+    eyes = rng.normal(size=(5, 3)) * 4.0
+    poses = np.stack([world_to_camera(look_at(e, (0.1, -0.2, 0.3))) for e in eyes])
+    np.testing.assert_allclose(camera_centres(poses), eyes, atol=1e-9)
+    scaled = poses.copy()
+    scaled[:, :3, :3] *= 2.5  # the fit's normalised frame scales the rotation part
+    np.testing.assert_allclose(camera_centres(scaled), eyes / 2.5, atol=1e-9)
+
+
+def test_nearest_point_to_axes_finds_the_looked_at_point_and_refuses_parallel_axes():
+    target = np.array([0.3, -0.1, 0.5])
+    poses = np.stack([world_to_camera(m) for m in orbit_cameras(8, [20.0, -10.0], 4.0,
+                                                                target=target)])
+    centres = camera_centres(poses)
+    # directions need not be unit
+    np.testing.assert_allclose(nearest_point_to_axes(centres, 3.0 * poses[:, 2, :3]), target,
+                               atol=1e-9)
+    parallel = np.tile([0.0, 0.0, 1.0], (4, 1))
+    assert nearest_point_to_axes(np.random.default_rng(0).normal(size=(4, 3)), parallel) is None

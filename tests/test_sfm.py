@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 from conftest import write_photos
 
-from backend.core.camera import blender_camera, look_at, orbit_cameras, world_to_camera
+from backend.core.camera import (
+    blender_camera,
+    camera_centres,
+    look_at,
+    orbit_cameras,
+    world_to_camera,
+)
 from backend.core.camera_files import read_colmap
 from backend.sfm import (
     SfmError,
@@ -26,7 +32,6 @@ from backend.sfm import (
     umeyama,
     write_colmap_model,
 )
-from backend.sfm.alignment import camera_centres
 
 
 def random_similarity(rng) -> Similarity:

@@ -169,6 +169,19 @@ def test_before_the_fit_only_cameras_that_disagree_are_corrected(rig):
     ortho = [dataclasses.replace(c, orthographic=True) for c in moved]
     skipped = sc.pre_calibrate(prepare_views(_views(ortho, alphas)), options)
     assert skipped.world == {} and "orthographic" in skipped.message
+    pose = true[0].world_to_camera
+    sideways = [dataclasses.replace(true[0], world_to_camera=pose @ _translation(
+        0.2 * i * pose[0, :3])) for i in range(6)]  # a slide: every axis parallel
+    parallel = sc.pre_calibrate(prepare_views(_views(sideways, alphas[:6])), options)
+    assert parallel.world == {} and "the same way" in parallel.message
+
+
+def _translation(offset) -> np.ndarray:
+    """(4, 4) world transform moving points by -offset: a camera posed with it sits at
+    its old centre + offset."""
+    matrix = np.eye(4)
+    matrix[:3, 3] = -np.asarray(offset)
+    return matrix
 
 
 def test_tangencies_the_solve_cannot_explain_are_noise_and_change_nothing(rig, monkeypatch):

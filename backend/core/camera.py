@@ -343,6 +343,30 @@ def _check_representable(width: int, height: int, aspect: float, lens: float | N
                          "view over 172 degrees): Blender's lenses start at 1 mm")
 
 
+def camera_centres(world_to_camera) -> np.ndarray:
+    """Poses (N, 4, 4) world -> camera [A | t] -> centres (N, 3) in the world: c = -A^-1 t.
+
+    A solve rather than -A^T t, so a pose whose 3x3 part is a scaled rotation (the fit's
+    normalised frame) gives its centre too.
+    """
+    poses = np.asarray(world_to_camera, dtype=np.float64)
+    return -np.linalg.solve(poses[:, :3, :3], poses[:, :3, 3:])[..., 0]
+
+
+def nearest_point_to_axes(origins, directions, min_spread: float = 0.01) -> np.ndarray | None:
+    """The point (3,) with the least summed squared distance to the lines
+    ``origins[i] + s * directions[i]`` ((N, 3) each; directions need not be unit), or
+    None when the lines are too close to parallel: the smallest eigenvalue of
+    mean(I - d d^T) below ``min_spread`` (0.01: directions about 6 degrees apart)."""
+    directions = np.asarray(directions, dtype=np.float64)
+    directions = directions / np.linalg.norm(directions, axis=1, keepdims=True)
+    projectors = np.eye(3) - directions[:, :, None] * directions[:, None, :]  # (N, 3, 3)
+    normal = projectors.sum(axis=0)
+    if np.linalg.eigvalsh(normal / len(directions))[0] < min_spread:
+        return None
+    return np.linalg.solve(normal, np.einsum("nij,nj->i", projectors, np.asarray(origins)))
+
+
 def camera_to_world(world_to_camera) -> np.ndarray:
     """Blender's ``matrix_world`` (4, 4) for an OpenCV world -> camera pose (4, 4) [R | t].
 

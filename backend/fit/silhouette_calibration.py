@@ -36,7 +36,7 @@ import torch
 from scipy import sparse
 from scipy.spatial import ConvexHull, QhullError
 
-from ..core.camera import CameraMatrices
+from ..core.camera import CameraMatrices, camera_centres, nearest_point_to_axes
 from ..core.options import FitOptions
 from .camera_refine import MIN_REFINED_VIEWS, correction_matrices, gauge_basis
 from .inputs import Prepared
@@ -144,8 +144,11 @@ class _Rig:
     @staticmethod
     def of(cameras: Sequence[CameraMatrices]) -> _Rig:
         poses = np.stack([c.world_to_camera for c in cameras]).astype(np.float64)
-        centers = -np.linalg.solve(poses[:, :3, :3], poses[:, :3, 3:])[..., 0]
-        looked_at = _nearest_to_axes(centers, poses)
+        centers = camera_centres(poses)
+        looked_at = nearest_point_to_axes(centers, poses[:, 2, :3])
+        if looked_at is None:
+            raise ValueError("the cameras look in parallel: no point they all look at to "
+                             "measure their distances from")
         distances = np.linalg.norm(centers - looked_at, axis=1)
         gauge = gauge_basis(centers - looked_at, distances, perspective=True)
         intrinsics = np.stack([c.intrinsics for c in cameras]).astype(np.float64)
@@ -178,15 +181,6 @@ class _Views:
     projection: np.ndarray
     centers: np.ndarray
     rays: np.ndarray
-
-
-def _nearest_to_axes(centers: np.ndarray, poses: np.ndarray) -> np.ndarray:
-    """(3,) the point nearest (least squares) to every camera's optical axis."""
-    axes = poses[:, 2, :3] / np.linalg.norm(poses[:, 2, :3], axis=1, keepdims=True)
-    normal = np.eye(3)[None] - axes[:, :, None] * axes[:, None, :]
-    # lstsq: parallel axes (cameras all looking one way) have no single nearest point
-    return np.linalg.lstsq(normal.sum(0), np.einsum("nij,nj->i", normal, centers),
-                           rcond=None)[0]
 
 
 @dataclass
@@ -293,7 +287,8 @@ def calibrate(cameras: Sequence[CameraMatrices], alphas: Sequence[np.ndarray],
     epipolar tangencies. Views whose silhouette is empty or cut by the border take no
     part (they move only with the gauge). Gauss-Newton with Levenberg-Marquardt damping
     on Huber-weighted residuals plus a small prior toward no correction; the tangent
-    points are re-chosen after every step.
+    points are re-chosen after every step. Raises ValueError when the cameras' optical
+    axes are all nearly parallel (`nearest_point_to_axes`).
     """
     hulls = [contour_hull(np.asarray(a, dtype=np.float64)) for a in alphas]
     rig = _Rig.of(cameras)
@@ -304,16 +299,19 @@ def calibrate(cameras: Sequence[CameraMatrices], alphas: Sequence[np.ndarray],
     def at(x: np.ndarray) -> _Views:
         return rig.corrected(rig.project(x).reshape(n, 6))
 
+    def residuals(x: np.ndarray, tangencies: _Tangencies) -> np.ndarray:
+        views = at(x)
+        return tangency_residuals(views, views, tangencies)
+
     def cost(x: np.ndarray, tangencies: _Tangencies) -> float:
-        r = tangency_residuals(at(x), at(x), tangencies)
-        return _robust_cost(r, HUBER_PX) + 0.5 * prior * float(x @ x)
+        return _robust_cost(residuals(x, tangencies), HUBER_PX) + 0.5 * prior * float(x @ x)
 
     flat = np.zeros(6 * n)
     tangencies = select_tangencies(hulls, at(flat))
-    rms_before = _rms(tangency_residuals(at(flat), at(flat), tangencies))
+    rms_before = _rms(residuals(flat, tangencies))
     damping, accepted = 1e-3, 0
     while accepted < max_steps and len(tangencies.src):
-        r = tangency_residuals(at(flat), at(flat), tangencies)
+        r = residuals(flat, tangencies)
         jac = tangency_jacobian(rig, rig.project(flat).reshape(n, 6), tangencies)
         weights = _huber_weights(r, HUBER_PX)
         normal = (jac.T @ sparse.diags(weights) @ jac).toarray()
@@ -334,7 +332,7 @@ def calibrate(cameras: Sequence[CameraMatrices], alphas: Sequence[np.ndarray],
         if current - trial_cost < 1e-6 * current:
             break
     return Calibration(rig.corrections(rig.project(flat).reshape(n, 6)), rms_before,
-                       _rms(tangency_residuals(at(flat), at(flat), tangencies)),
+                       _rms(residuals(flat, tangencies)),
                        len(tangencies.src) // 4, sorted({int(i) for i in tangencies.src}),
                        accepted)
 
@@ -375,6 +373,11 @@ def pre_calibrate(prep: Prepared, options: FitOptions) -> PreCalibration | None:
     if any(c.orthographic for c in cameras):
         return PreCalibration(prep, {}, "cameras not solved from the silhouettes' tangents "
                               "before the fit: orthographic views have no epipoles")
+    poses = np.stack([c.world_to_camera for c in cameras])
+    if nearest_point_to_axes(camera_centres(poses), poses[:, 2, :3]) is None:
+        return PreCalibration(prep, {}, "cameras not solved from the silhouettes' tangents "
+                              "before the fit: they all look the same way, so their "
+                              "epipolar tangents barely constrain them")
     found = calibrate(cameras, [np.asarray(prep.views[i].image)[..., 3]
                                 for i in prep.train_idx])
     if len(found.used) < MIN_REFINED_VIEWS:

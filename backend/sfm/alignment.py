@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.camera import camera_centres
+
 
 @dataclass(frozen=True)
 class Similarity:
@@ -81,25 +83,6 @@ def umeyama(source, target, with_scale: bool = True) -> Similarity:
     rotation = u @ np.diag(sign) @ vt
     scale = float(np.sum(d * sign) / variance_s) if with_scale else 1.0
     return Similarity(scale, rotation, mean_t - scale * rotation @ mean_s)
-
-
-def camera_centres(world_to_camera) -> np.ndarray:
-    """Poses (N, 4, 4) world -> camera -> centres (N, 3) in the world: c = -R^T t."""
-    poses = np.asarray(world_to_camera, dtype=np.float64)
-    return -np.einsum("nji,nj->ni", poses[:, :3, :3], poses[:, :3, 3])
-
-
-def nearest_point_to_axes(origins, directions, min_spread: float = 0.01) -> np.ndarray | None:
-    """The point (3,) with the least summed squared distance to the lines
-    ``origins[i] + s * directions[i]`` ((N, 3) each, unit directions), or None when the
-    lines are too close to parallel: the smallest eigenvalue of mean(I - d d^T) below
-    ``min_spread`` (0.01: directions about 6 degrees apart)."""
-    directions = np.asarray(directions, dtype=np.float64)
-    projectors = np.eye(3) - directions[:, :, None] * directions[:, None, :]  # (N, 3, 3)
-    normal = projectors.sum(axis=0)
-    if np.linalg.eigvalsh(normal / len(directions))[0] < min_spread:
-        return None
-    return np.linalg.solve(normal, np.einsum("nij,nj->i", projectors, np.asarray(origins)))
 
 
 def rotation_angle_deg(a, b) -> np.ndarray:

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .alignment import Similarity, camera_centres, nearest_point_to_axes
+from ..core.camera import camera_centres, nearest_point_to_axes
+from .alignment import Similarity
 from .result import SfmError, SolveResult
 
 UP_CHOICES = ("auto", "ring", "camera")
