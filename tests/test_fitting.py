@@ -341,6 +341,16 @@ def test_schedule_goes_coarse_to_fine_sharpens_and_decays():
     assert Schedule(opts, smallest_side=64).levels == [0.5, 1.0]
 
 
+def test_the_default_coarsest_level_is_32_to_63_pixels_and_never_a_near_repeat():
+    sides = {side: [round(level * side) for level in
+                    Schedule(options(), side, side).levels] for side in (128, 320, 800, 48, 100)}
+    assert sides[128] == [32, 64, 128]
+    # 320 px: 32 px would be a level only 1.25x under the 40 px halving, so 40 starts
+    assert sides[320] == [40, 80, 160, 320]
+    assert sides[800] == [32, 64, 128, 256, 512]  # rendered at most 512 px
+    assert sides[48] == [32, 48] and sides[100] == [32, 50, 100]
+
+
 def test_images_larger_than_max_render_side_are_fitted_at_that_size():
     opts = options(iterations=100, resolution_start=0.25, max_render_side=512)
     # 800 px views: the finest level renders 512 px, the coarsest a quarter of that.
@@ -351,7 +361,8 @@ def test_images_larger_than_max_render_side_are_fitted_at_that_size():
     assert Schedule(opts, 512, 512).levels == [0.25, 0.5, 1.0]
     # Mixed sizes: the largest view sets the limit, the smallest the coarsest level.
     assert Schedule(opts, 256, 1024).levels == pytest.approx([0.125, 0.25, 0.5])
-    assert Schedule(options(max_render_side=0), 800, 800).levels == [0.25, 0.5, 1.0]
+    assert Schedule(options(max_render_side=0, resolution_start=0.25), 800,
+                    800).levels == [0.25, 0.5, 1.0]
     with pytest.raises(FitError, match="max_render_side"):
         options(max_render_side=10)
 

@@ -27,7 +27,8 @@ class FitOptions:
 
     Schedule: the first ``coarse_fraction`` of the iterations render at reduced
     resolution, starting at ``resolution_start`` of the finest level (but no smaller
-    than 32 px on the longer side) and doubling up to the finest: full size, or
+    than 32 px on the longer side: about 32-40 px for images up to 320 px, where a rough
+    start finds the object's coarse shape best) and doubling up to the finest: full size, or
     ``max_render_side`` pixels on the longest side where the images are larger (0: no
     limit; hard IoU is still measured at full size); sigma (edge softness in squared
     pixels of the image being rendered) falls geometrically from ``sigma_start`` to
@@ -94,7 +95,7 @@ class FitOptions:
     learning_rate: float = 0.03
     lr_final: float = 0.1
     views_per_step: int = 8
-    resolution_start: float = 0.25
+    resolution_start: float = 0.0625  # 32-63 px (0.25: 80 px at 320 px, table from UV sphere 0.931)
     coarse_fraction: float = 0.5
     max_render_side: int = 512
     sigma_start: float = 0.3

@@ -22,6 +22,7 @@ from ..core.options import FitOptions
 
 # The coarsest level's longer image side, in pixels: smaller images show too little.
 MIN_LEVEL_SIDE = 32
+ODD_LEVEL_RATIO = 1.5  # `resolution_levels`
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,17 @@ def resolution_levels(options: FitOptions, smallest_side: int, largest_side: int
     """Image scales from coarse to the finest, halving: the finest is 1.0, or
     ``max_render_side / largest_side`` where that is smaller; the coarsest is
     ``resolution_start`` of the finest, but none puts the smallest view's longer side
-    under MIN_LEVEL_SIDE px. Sides in pixels."""
+    under MIN_LEVEL_SIDE px. That start is a level of its own only when it is at least
+    ODD_LEVEL_RATIO times coarser than the last halving: a level 1.25x from the next
+    only repeats it (the 320x240 table from the cube then ended with its top passing
+    through itself). Sides in pixels."""
     finest = finest_scale(options, largest_side)
     start = max(options.resolution_start * finest, min(finest, MIN_LEVEL_SIDE / smallest_side))
     levels = [finest]
     if options.coarse_fraction > 0:
         while levels[0] / 2 >= start * 0.999:
             levels.insert(0, levels[0] / 2)
-        if levels[0] > start * 1.001:
+        if levels[0] >= start * ODD_LEVEL_RATIO * 0.999:
             levels.insert(0, start)
     return levels
 
