@@ -184,3 +184,46 @@ def test_curvature_variation_gradient_flattens_a_bump():
     losses.curvature_variation_loss(v, f, lap, e).backward()
     assert torch.isfinite(v.grad).all()
     assert v.grad[4 * 9 + 4, 2] > 0  # a descent step lowers the bump's top
+
+
+def _ring_viewpoints(elevation_deg: float, count: int = 8, distance: float = 5.0):
+    azimuth = torch.arange(count, dtype=torch.float64) * (2 * np.pi / count)
+    elevation = torch.tensor(np.radians(elevation_deg), dtype=torch.float64)
+    return torch.stack([torch.cos(azimuth) * torch.cos(elevation),
+                        torch.sin(azimuth) * torch.cos(elevation),
+                        torch.sin(elevation).expand(count)], dim=1) * distance
+
+
+def test_face_on_weights_free_a_flat_top_and_pin_the_outlines():
+    from fit_scenes import box
+    v, f = box(half=(0.8, 0.5, 0.1), subdivisions=3)
+    v, f = torch.tensor(v), torch.tensor(f)
+    views = torch.cat([_ring_viewpoints(15.0), _ring_viewpoints(-15.0)])
+    weights = losses.face_on_weights(v, f, views, torch.zeros_like(views))
+    top_inside = (v[:, 2] > 0.09) & (v[:, 0].abs() < 0.55) & (v[:, 1].abs() < 0.3)
+    rim = (v[:, 2].abs() > 0.09) & ((v[:, 0].abs() > 0.79) | (v[:, 1].abs() > 0.49))
+    assert top_inside.any() and rim.any()
+    assert torch.all(weights[top_inside] == 1.0)  # seen at 15 degrees or more by all
+    assert torch.all(weights[rim] == 0.0)  # a sharp edge: its faces turn both ways
+    # a view from straight above sees the top face-on too; one level with it, edge-on
+    level = losses.face_on_weights(v, f, _ring_viewpoints(0.0), torch.zeros(8, 3,
+                                                                           dtype=v.dtype))
+    assert torch.all(level[top_inside] == 0.0)
+    # orthographic views: the direction alone counts
+    down = torch.tensor([[0.0, 0.0, -1.0]], dtype=v.dtype)
+    assert torch.all(losses.face_on_weights(v, f, torch.zeros(1, 3, dtype=v.dtype),
+                                            down)[top_inside] == 1.0)
+
+
+def test_the_unseen_area_moves_only_the_freed_vertices_and_pulls_a_bulge_in():
+    v, f = icosphere(2)
+    weights = torch.zeros(len(v), dtype=v.dtype)
+    weights[:10] = 1.0
+    v = v.clone().requires_grad_(True)
+    losses.unseen_area_loss(v, f, weights).backward()
+    moved = v.grad.norm(dim=1) > 0
+    assert moved[:10].all() and not moved[10:].any()
+    # on a sphere the area's gradient points outward: descending it pulls vertices in
+    assert torch.all((v.grad[:10] * v.detach()[:10]).sum(dim=1) > 0)
+    assert losses.unseen_area_loss(v, f, weights).item() == pytest.approx(
+        float(losses.unseen_area_loss(v.detach(), f, torch.ones(len(v), dtype=v.dtype))))

@@ -136,13 +136,14 @@ def optimise(state: MeshState, schedule: Schedule, targets: TrainingTargets,
             reporter.topology_changed()
             last_good = state.snapshot()
         state.set_lr_factor(step.lr_factor)
-        # The curvature term flattens what the finest level's silhouettes leave loose;
-        # through the coarse levels it would stiffen a rough start that still has far to go.
+        # The curvature and unseen-area terms flatten what the finest level's silhouettes
+        # leave loose; through the coarse levels they would stiffen a rough start that
+        # still has far to go.
         finest = step.level == len(schedule.levels) - 1
         chosen = sampler.next()
         terms, total, step_iou = _iteration(state, targets.at(step.level), chosen,
                                             dataclasses.replace(settings, sigma=step.sigma),
-                                            options, refinement, curvature=finest)
+                                            options, refinement, finest=finest)
         if refinement is not None:
             refinement.step(step.lr_factor, step.camera_ramp, chosen)
         bad = _non_finite(terms, state.params() + (refinement.params() if refinement else []))
@@ -199,23 +200,26 @@ def _change_topology(state: MeshState, step: Step, options: FitOptions,
 
 def _iteration(state: MeshState, groups: list[ViewGroup], chosen: list[int],
                settings: RenderSettings, options: FitOptions,
-               refinement: CameraRefinement | None = None, curvature: bool = True):
+               refinement: CameraRefinement | None = None, finest: bool = True):
     """One Adam step on the chosen views (view indices); the camera corrections'
-    gradients are left for ``refinement.step``; ``curvature``: include the curvature
-    term. Returns (the loss terms, their weighted total, the hard IoU of each view
-    rendered by view index)."""
+    gradients are left for ``refinement.step``; ``finest``: include the terms that act
+    only at the finest level (curvature, unseen area). Returns (the loss terms, their
+    weighted total, the hard IoU of each view rendered by view index)."""
     state.zero_grad()
     if refinement is not None:
         refinement.zero_grad()
     terms, step_iou = image_losses(state.vertices(), state.faces, state.colors(),
                                    batches(groups, chosen), settings, refinement)
-    terms.update(geometry_losses(state, curvature))
+    terms.update(geometry_losses(state, finest))
+    if finest and options.unseen_weight > 0:
+        terms["unseen"] = _unseen_area(state, groups)
     if refinement is not None:
         terms["camera"] = refinement.regulariser()
     weights = {"silhouette": options.silhouette_weight, "color": options.color_weight,
                "laplacian": options.laplacian_weight, "flatten": options.flatten_weight,
                "edge": options.edge_weight, "normal": options.normal_weight,
-               "curvature": options.curvature_weight, "camera": options.camera_weight}
+               "curvature": options.curvature_weight, "camera": options.camera_weight,
+               "unseen": options.unseen_weight}
     total = sum(weights[k] * v for k, v in terms.items())
     total.backward()
     state.step()
@@ -271,6 +275,18 @@ def geometry_losses(state: MeshState, curvature: bool = True) -> dict[str, torch
         terms["curvature"] = losses.curvature_variation_loss(shape, state.faces, state.laplacian,
                                                              state.edges)
     return terms
+
+
+def _unseen_area(state: MeshState, groups: list[ViewGroup]) -> torch.Tensor:
+    """`losses.unseen_area_loss` of the shape, through the vertices that every fitting
+    view (``groups``) sees away from edge-on (`losses.face_on_weights`)."""
+    poses = torch.cat([g.cameras.world_to_camera for g in groups])
+    orthographic = torch.cat([g.cameras.orthographic for g in groups])
+    centres = -torch.linalg.solve(poses[:, :3, :3], poses[:, :3, 3:])[..., 0]
+    forward = poses[:, 2, :3] / poses[:, 2, :3].norm(dim=1, keepdim=True)
+    directions = torch.where(orthographic[:, None], forward, torch.zeros_like(forward))
+    weights = losses.face_on_weights(state.vertices(), state.faces, centres, directions)
+    return losses.unseen_area_loss(state.shape(), state.faces, weights)
 
 
 def _non_finite(terms: dict[str, torch.Tensor], params: list[torch.Tensor]) -> list[str]:

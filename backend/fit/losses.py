@@ -160,3 +160,56 @@ def curvature_variation_loss(vertices: torch.Tensor, faces: torch.Tensor,
     diff = gather_faces(curvature[:, None], edges[:, 0]) - gather_faces(curvature[:, None],
                                                                          edges[:, 1])
     return (diff[:, 0].square() / length2).mean()
+
+
+def face_on_weights(vertices: torch.Tensor, faces: torch.Tensor, viewpoints: torch.Tensor,
+                    directions: torch.Tensor, edge_on: float = 0.1, face_on: float = 0.2
+                    ) -> torch.Tensor:
+    """(V,) in [0, 1]: 0 for a vertex on or near a view's contour, rising to 1 for one
+    that every view sees at least ``face_on`` from edge-on (a table's top between views
+    from above and below: no silhouette moves with it).
+
+    A view's contour passes through a vertex when its faces turn both toward and away
+    from the camera (a sharp edge too), or near it when one of its faces is within
+    ``edge_on`` of edge-on (|cos| of the angle between the face normal and the ray).
+    vertices: (V, 3); faces: (F, 3) int64; viewpoints: (C, 3) camera centres;
+    directions: (C, 3) the viewing direction of orthographic cameras, zero rows for
+    perspective ones (whose ray runs from the centre to the face). No gradient.
+    """
+    with torch.no_grad():
+        v = gather_faces(vertices, faces)
+        # face normals averaged over their corners' rings: a wave a few edges wide whose
+        # single faces turn away from a view is not a contour; a sharp edge still is
+        area_normals = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
+        at_vertices = torch.zeros_like(vertices).index_add_(
+            0, faces.reshape(-1), area_normals.repeat_interleave(3, dim=0))
+        at_vertices = at_vertices / at_vertices.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        normals = gather_faces(at_vertices, faces).sum(dim=1)
+        normals = normals / normals.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        rays = v.mean(dim=1)[:, None, :] - viewpoints[None, :, :]  # (F, C, 3)
+        parallel = directions.norm(dim=1) > 0
+        rays = torch.where(parallel[None, :, None], directions[None].expand_as(rays), rays)
+        rays = rays / rays.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        facing = torch.einsum("fi,fci->fc", normals, rays).repeat_interleave(3, dim=0)
+        corners = faces.reshape(-1, 1).expand(-1, facing.shape[1])
+        empty = torch.zeros(len(vertices), facing.shape[1], dtype=facing.dtype,
+                            device=facing.device)
+        lowest = empty.scatter_reduce(0, corners, facing, "amin", include_self=False)
+        highest = empty.scatter_reduce(0, corners, facing, "amax", include_self=False)
+        straddles = (lowest < 0) & (highest > 0)
+        nearest = torch.where(straddles, torch.zeros_like(lowest),
+                              torch.minimum(lowest.abs(), highest.abs()))
+        cosine = nearest.amin(dim=1)
+        return ((cosine - edge_on) / (face_on - edge_on)).clamp(0.0, 1.0)
+
+
+def unseen_area_loss(vertices: torch.Tensor, faces: torch.Tensor,
+                     weights: torch.Tensor) -> torch.Tensor:
+    """The surface's total area, moved only through the vertices ``weights`` (V,) frees
+    (each vertex's gradient scaled by its weight, from `face_on_weights`): a membrane
+    that flattens what the silhouettes cannot see (waves on a flat top) toward the least
+    surface spanning what they do, without pulling on their outlines."""
+    still = vertices.detach()
+    moved = still + weights[:, None] * (vertices - still)
+    v = gather_faces(moved, faces)
+    return 0.5 * torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1).norm(dim=1).sum()
