@@ -503,17 +503,18 @@ def test_the_unseen_area_term_flattens_waves_no_view_sees():
     """A slab's top waved by 0.02 (slopes under 10 degrees) looks the same from views 25
     degrees or more above and below it: only the unseen-area membrane takes the waves out."""
     v, f = box((0.8, 0.5, 0.1), subdivisions=3)
-    cams = cameras((64, 64), elevations=(-30.0, 35.0), azimuths=6)
+    cams = cameras((128, 128), elevations=(-30.0, 35.0), azimuths=6)
     views = views_of(v, f, cams)
     waved = v.copy()
     top = (v[:, 2] > 0.09) & (np.abs(v[:, 0]) < 0.75) & (np.abs(v[:, 1]) < 0.45)
     waved[top, 2] += 0.02 * np.sin(v[top, 0] * 2 * np.pi / 0.8)
     heights = {}
-    for weight in (0.0, 1.0):
-        result = fit(views, waved, f, options(iterations=40, topology="keep", unseen_weight=weight,
+    for weight in (0.0, FitOptions().unseen_weight):
+        result = fit(views, waved, f, options(iterations=80, topology="keep", unseen_weight=weight,
                                              fit_transform=False))
         assert result.status == "done" and result.mean_fit_iou > 0.9
         heights[weight] = np.std(np.asarray(result.vertices)[top, 2])
-    # measured: 0.026 without (the fit adds waves of its own), 0.011 with; 0.014 at start
-    assert heights[1.0] < 0.6 * heights[0.0]
-    assert heights[1.0] < 0.9 * np.std(waved[top, 2])
+    # measured: 0.029 without (the fit adds waves of its own), 0.011 with; 0.015 at start
+    with_it = heights[FitOptions().unseen_weight]
+    assert with_it < 0.6 * heights[0.0]
+    assert with_it < 0.9 * np.std(waved[top, 2])

@@ -50,10 +50,11 @@ class FitOptions:
     consistency), ``curvature_weight`` (the squared gradient of the mean curvature: zero
     on planes, spheres and cylinders, it flattens the waves and bumps the silhouettes
     cannot see, such as on a flat top; in inverse length^4 of the normalised frame, hence
-    the small weight), ``unseen_weight`` (the surface's area, moved only through the
-    vertices no fitting view sees near edge-on: a membrane that flattens waves and domes
-    no silhouette can see, without pulling on the outlines; like the curvature term, only
-    at the finest level); see `backend.fit.losses`.
+    the small weight), ``unseen_weight`` (the surface's area in square pixels of the
+    finest level, moved only through the vertices no fitting view sees near edge-on: a
+    membrane that flattens waves and domes no silhouette can see, without pulling on the
+    outlines; like the curvature term, only at the finest level); see
+    `backend.fit.losses`.
 
     Initial mesh (when none is given): ``init`` "hull" carves the visual hull,
     "sphere" stretches an icosphere over the hull's bounding box; ``init_faces`` is
@@ -113,7 +114,7 @@ class FitOptions:
     edge_weight: float = 0.0
     normal_weight: float = 0.001
     curvature_weight: float = 1e-6
-    unseen_weight: float = 0.0  # 1.0: flat 320 px table tops, but a thin flat torus collapsed
+    unseen_weight: float = 2e-4  # per px^2: the 320 px table from the cube 0.966 -> 0.973
     fit_transform: bool = True
     fit_colors: bool = False
     lighting: bool = False
