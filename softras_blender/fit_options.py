@@ -29,7 +29,7 @@ START_SHAPES = {"HULL": "hull", "SPHERE": "sphere"}
 
 # The regulariser weights that "smoothness" scales.
 SMOOTHNESS_WEIGHTS = ("laplacian_weight", "flatten_weight", "normal_weight",
-                      "curvature_weight")
+                      "curvature_weight", "unseen_weight")
 
 
 @dataclass(frozen=True)

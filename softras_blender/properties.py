@@ -95,7 +95,8 @@ class SoftRasSettings(PropertyGroup):
                              description="Also fit per-vertex colours to the images' colours "
                                          "(stored in the 'SoftRas Color' attribute)")
     smoothness: FloatProperty(name="Smoothness", default=1.0, min=0.0, soft_max=10.0,
-                              description="Weight of the smoothing terms (Laplacian, flatness); "
+                              description="Weight of the smoothing terms (Laplacian, flatness, "
+                                          "what no view sees edge-on); "
                                           "higher keeps the surface smoother")
     silhouettes: EnumProperty(
         name="Silhouettes",

@@ -321,6 +321,8 @@ def test_settings_map_to_valid_fit_options():
     parsed = fitting.FitOptions.from_dict(options)  # the backend accepts every key
     assert parsed.iterations == 90 and parsed.device == "cuda" and parsed.fit_colors
     assert parsed.laplacian_weight == 2 * defaults.laplacian_weight
+    assert defaults.unseen_weight > 0
+    assert parsed.unseen_weight == pytest.approx(2 * defaults.unseen_weight)
     sharp = fit_options.SHARPNESS_PRESETS["SHARP"]
     assert parsed.sigma_end == pytest.approx(sharp.end_factor * defaults.sigma_end)
     medium = fit_options.options_from_settings({**settings, "sharpness": "MEDIUM",
