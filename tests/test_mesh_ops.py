@@ -149,3 +149,13 @@ def test_sample_surface_lies_on_the_mesh():
     on_face = np.isclose(pts, 0.0, atol=1e-9) | np.isclose(pts, 1.0, atol=1e-9)
     assert on_face.any(axis=1).all()
     assert np.array_equal(pts, mesh_ops.sample_surface(v, f, 500, seed=3))
+
+
+def test_vertex_normals_of_a_sphere_point_outward():
+    v, f = mesh_ops.icosphere(2)
+    v, f = torch.tensor(v), torch.tensor(f)
+    normals = mesh_ops.vertex_normals(v, f)
+    np.testing.assert_allclose(normals.norm(dim=1), 1.0, atol=1e-12)
+    assert float((normals * v / v.norm(dim=1, keepdim=True)).sum(dim=1).min()) > 0.99
+    lonely = torch.cat([v, torch.zeros(1, 3, dtype=v.dtype)])  # a vertex on no face
+    assert torch.all(mesh_ops.vertex_normals(lonely, f)[-1] == 0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..render.screen_space import gather_faces
-from .mesh_ops import EdgeAdjacency
+from .mesh_ops import EdgeAdjacency, vertex_normals
 
 
 def silhouette_iou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -125,10 +125,7 @@ def mean_curvature(vertices: torch.Tensor, faces: torch.Tensor,
     """
     a, b, c = (gather_faces(vertices, faces[:, k]) for k in range(3))
     with torch.no_grad():
-        face_normal = torch.cross(b - a, c - a, dim=1)
-        normal = torch.zeros_like(vertices).index_add_(
-            0, faces.reshape(-1), face_normal.repeat_interleave(3, dim=0))
-        normal = normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        normal = vertex_normals(vertices, faces)
         # Each face's three edges, counted from both ends; (sum of squares, count) per vertex.
         sq = torch.stack([(b - a).square().sum(1), (c - b).square().sum(1),
                           (a - c).square().sum(1)], dim=1)  # (F, 3): edges ab, bc, ca
@@ -180,11 +177,7 @@ def face_on_weights(vertices: torch.Tensor, faces: torch.Tensor, viewpoints: tor
         v = gather_faces(vertices, faces)
         # face normals averaged over their corners' rings: a wave a few edges wide whose
         # single faces turn away from a view is not a contour; a sharp edge still is
-        area_normals = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
-        at_vertices = torch.zeros_like(vertices).index_add_(
-            0, faces.reshape(-1), area_normals.repeat_interleave(3, dim=0))
-        at_vertices = at_vertices / at_vertices.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        normals = gather_faces(at_vertices, faces).sum(dim=1)
+        normals = gather_faces(vertex_normals(vertices, faces), faces).sum(dim=1)
         normals = normals / normals.norm(dim=1, keepdim=True).clamp_min(1e-12)
         rays = v.mean(dim=1)[:, None, :] - viewpoints[None, :, :]  # (F, C, 3)
         parallel = directions.norm(dim=1) > 0

@@ -119,6 +119,17 @@ def edge_adjacency(faces: np.ndarray) -> EdgeAdjacency:
     )
 
 
+def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Unit area-weighted vertex normals (V, 3) of counter-clockwise faces (zero for a
+    vertex on no face, or whose faces' normals cancel). vertices (V, 3) float, faces
+    (F, 3) int64; meant for use without gradient (the callers hold normals fixed)."""
+    p = vertices[faces]
+    face_normal = torch.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=1)
+    normal = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1),
+                                                   face_normal.repeat_interleave(3, dim=0))
+    return normal / normal.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 def laplacian(faces: np.ndarray, n_vertices: int, dtype=torch.float32, device="cpu"):
     """Uniform graph Laplacian L = I - D^-1 A as a sparse (V, V) torch COO tensor.
 

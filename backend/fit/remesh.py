@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from ..core.camera import CameraMatrices
+from .mesh_ops import vertex_normals
 from .quality import crossing_pairs
 
 SPLIT_RATIO = 1.5  # split edges longer than this times their target length
@@ -414,11 +415,7 @@ def tangential_relaxation(vertices: torch.Tensor, faces: torch.Tensor,
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"the relaxation weight must be in [0, 1], got {weight}")
     v = vertices.detach()
-    p = v[faces]
-    face_normal = torch.cross(p[:, 1] - p[:, 0], p[:, 2] - p[:, 0], dim=1)
-    normal = torch.zeros_like(v).index_add_(0, faces.reshape(-1), face_normal.repeat_interleave(
-        3, dim=0))
-    normal = torch.nn.functional.normalize(normal, dim=1)
+    normal = vertex_normals(v, faces)
     move = neighbour_mean(v, faces) - v
     move -= (move * normal).sum(dim=1, keepdim=True) * normal
     return v + weight * move
