@@ -72,9 +72,8 @@ FITS = ("exact", "miscalibrated", "no tangents", "refined", "polished")
 
 def miscalibrated_views(case: Case, degrees: float, fraction: float, seed: int) -> list[View]:
     """The case's views with every fitting camera moved (held-out ones exact)."""
-    center = 0.5 * (case.true_v.min(axis=0) + case.true_v.max(axis=0))
     train = [v for v in case.views if not v.held_out]
-    moved = iter(miscalibrated([v.camera for v in train], center, degrees, fraction,
+    moved = iter(miscalibrated([v.camera for v in train], case.true_v, degrees, fraction,
                                np.random.default_rng(seed)))
     return [v if v.held_out else dataclasses.replace(v, camera=next(moved))
             for v in case.views]

@@ -126,7 +126,7 @@ def test_the_residuals_vanish_for_exact_cameras_and_the_jacobian_is_their_deriva
 
 def test_the_solve_undoes_most_of_a_miscalibration_and_leaves_exact_cameras_alone(rig):
     v, _, true, alphas = rig
-    moved = miscalibrated(true, np.zeros(3), 1.5, 0.02, np.random.default_rng(2))
+    moved = miscalibrated(true, v, 1.5, 0.02, np.random.default_rng(2))
     found = sc.calibrate(moved, alphas)
     before, after = (_vertex_error_px(v, cams, true)
                      for cams in (moved, _moved(moved, found.corrections)))
@@ -154,7 +154,7 @@ def test_before_the_fit_only_cameras_that_disagree_are_corrected(rig):
         options, refine_tangents=False)) is None
     agree = sc.pre_calibrate(prepare_views(_views(true, alphas)), options)
     assert agree.world == {} and "agree" in agree.message
-    moved = miscalibrated(true, np.zeros(3), 1.5, 0.02, np.random.default_rng(2))
+    moved = miscalibrated(true, v, 1.5, 0.02, np.random.default_rng(2))
     solved = sc.pre_calibrate(prepare_views(_views(moved, alphas, held_out=(5,))), options)
     assert sorted(solved.world) == [i for i in range(16) if i != 5]
     assert "epipolar tangents" in solved.message
@@ -198,7 +198,7 @@ def test_a_refined_fit_reports_the_tangency_solve_in_each_views_correction(rig):
     """The corrections the add-on applies take the given cameras all the way: what the
     tangency solve found plus what the fit added."""
     v, _, true, alphas = rig
-    moved = miscalibrated(true, np.zeros(3), 1.5, 0.02, np.random.default_rng(2))
+    moved = miscalibrated(true, v, 1.5, 0.02, np.random.default_rng(2))
     options = FitOptions(iterations=20, views_per_step=4, refine_cameras=True,
                          polish_steps=0, device="cpu")
     result = fit(_views(moved, alphas), None, None, options)
@@ -230,7 +230,7 @@ def test_a_refined_fit_with_the_tangency_solve_runs_on_the_gpu(rig):
     """The solve's corrections and the lazy camera steps on CUDA tensors: the reported
     corrections take the given cameras as close to the true ones as on the CPU."""
     v, _, true, alphas = rig
-    moved = miscalibrated(true, np.zeros(3), 1.5, 0.02, np.random.default_rng(2))
+    moved = miscalibrated(true, v, 1.5, 0.02, np.random.default_rng(2))
     errors = {}
     for device in ("cpu", "cuda"):
         options = FitOptions(iterations=20, views_per_step=4, refine_cameras=True,

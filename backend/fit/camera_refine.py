@@ -56,9 +56,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 
-from ..core.camera import CameraMatrices
+from ..core.camera import CameraMatrices, camera_centres
 from ..core.options import FitError, FitOptions
+from ..core.similarity import keep_reconstruction
 from ..render.renderer import Cameras, project_points
 from .inputs import Prepared
 from .schedule import finest_scale
@@ -404,33 +406,53 @@ def apply_to_pose(camera: CameraMatrices, correction: ViewCorrection) -> CameraM
     return CameraMatrices(k, pose, camera.width, camera.height, camera.orthographic)
 
 
-def miscalibrated(cameras: Sequence[CameraMatrices], target: np.ndarray, degrees: float,
+def miscalibrated(cameras: Sequence[CameraMatrices], points: np.ndarray, degrees: float,
                   fraction: float, rng: np.random.Generator) -> list[CameraMatrices]:
     """The cameras each turned by ``degrees`` about its centre and its centre moved by
-    ``fraction`` of its distance to ``target`` (3,), in random directions with no common
-    similarity part: the calibration error the refinement can undo (tests, benchmarks).
+    ``fraction`` of its distance to the centre of ``points`` (P, 3; samples of the object
+    they look at, e.g. its vertices, at least 3 not on one line), in random directions
+    with no common part: the calibration error the refinement can undo (tests,
+    benchmarks).
 
-    A common similarity of all cameras cannot be told from the images (see the module
-    docstring), so it is removed: directions are drawn at random, projected off the
-    gauge modes and rescaled to the asked sizes, alternately until both hold.
+    A common similarity of all cameras cannot be told from the images, so it is removed,
+    in the sense that matters for a fit: the moved cameras put the object where the
+    given ones do (their `reconstruction_drift` of ``points`` is the identity, to first
+    order). Directions are drawn at random; then, alternately, the moved cameras are
+    carried back by their drift (`keep_reconstruction`) and each view's turn and move
+    rescaled to the asked sizes, until both hold.
     """
+    points = np.asarray(points, dtype=np.float64)
+    target = 0.5 * (points.min(axis=0) + points.max(axis=0))
     pose = np.stack([c.world_to_camera for c in cameras])
-    centers = -np.einsum("nji,nj->ni", pose[:, :3, :3], pose[:, :3, 3]) - target
+    centers = camera_centres(pose) - target
     distances = np.linalg.norm(centers, axis=1)
-    basis = gauge_basis(centers, distances, not any(c.orthographic for c in cameras))
-    raw = rng.normal(size=(len(cameras), 6))
-    sizes = np.array([np.radians(degrees), fraction])
-    for _ in range(50):
-        raw = raw.reshape(-1, 2, 3)
-        raw = raw / np.linalg.norm(raw, axis=2, keepdims=True) * sizes[None, :, None]
-        raw = raw.reshape(-1)
-        raw = (raw - basis @ (basis.T @ raw)).reshape(-1, 6)
-    raw = raw.reshape(-1, 2, 3)
-    raw = (raw / np.linalg.norm(raw, axis=2, keepdims=True) * sizes[None, :, None])
-    mats = correction_matrices(torch.tensor(raw[:, 0]),
-                               torch.tensor(raw[:, 1] * distances[:, None]),
-                               torch.tensor(centers)).numpy()
-    shift = np.eye(4)
-    shift[:3, 3] = -target
-    return [dataclasses.replace(c, world_to_camera=c.world_to_camera @ np.linalg.inv(shift)
-                                @ m @ shift) for c, m in zip(cameras, mats, strict=True)]
+    raw = rng.normal(size=(len(cameras), 2, 3))
+    sizes = np.array([np.radians(degrees), fraction])[None, :, None]
+
+    def moved_by(raw: np.ndarray) -> list[CameraMatrices]:
+        mats = correction_matrices(torch.tensor(raw[:, 0]),
+                                   torch.tensor(raw[:, 1] * distances[:, None]),
+                                   torch.tensor(centers)).numpy()
+        shift = np.eye(4)
+        shift[:3, 3] = -target
+        return [dataclasses.replace(c, world_to_camera=c.world_to_camera @ np.linalg.inv(shift)
+                                    @ m @ shift) for c, m in zip(cameras, mats, strict=True)]
+
+    for _ in range(30):
+        raw = raw / np.linalg.norm(raw, axis=2, keepdims=True) * sizes
+        kept = keep_reconstruction(cameras, moved_by(raw), points)
+        raw = np.stack([_raw_correction(a.world_to_camera, b.world_to_camera, c + target, d)
+                        for a, b, c, d in zip(cameras, kept, centers, distances, strict=True)])
+    raw = raw / np.linalg.norm(raw, axis=2, keepdims=True) * sizes
+    return moved_by(raw)
+
+
+def _raw_correction(given: np.ndarray, moved: np.ndarray, center: np.ndarray,
+                    distance: float) -> np.ndarray:
+    """(2, 3): [w, t / distance] of the correction D = given^-1 @ moved (rigid (4, 4)
+    world -> camera poses), D x = R(w) (x - C) + C + t with C the given camera's
+    ``center`` (3,) in world coordinates."""
+    correction = np.linalg.inv(given) @ moved
+    turn = Rotation.from_matrix(correction[:3, :3]).as_rotvec()
+    shift = correction[:3, :3] @ center + correction[:3, 3] - center
+    return np.stack([turn, shift / distance])

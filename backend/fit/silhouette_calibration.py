@@ -38,6 +38,7 @@ from scipy.spatial import ConvexHull, QhullError
 
 from ..core.camera import CameraMatrices, camera_centres, nearest_point_to_axes
 from ..core.options import FitOptions
+from ..core.similarity import ball_points, keep_reconstruction
 from .camera_refine import MIN_REFINED_VIEWS, correction_matrices, gauge_basis
 from .inputs import Prepared
 
@@ -331,10 +332,50 @@ def calibrate(cameras: Sequence[CameraMatrices], alphas: Sequence[np.ndarray],
         tangencies = select_tangencies(hulls, at(flat))
         if current - trial_cost < 1e-6 * current:
             break
-    return Calibration(rig.corrections(rig.project(flat).reshape(n, 6)), rms_before,
-                       _rms(residuals(flat, tangencies)),
+    corrections = rig.corrections(rig.project(flat).reshape(n, 6))
+    ball = _object_ball(rig, hulls)
+    if ball is not None:
+        corrections = _keeping_the_object(cameras, corrections, ball)
+    return Calibration(corrections, rms_before, _rms(residuals(flat, tangencies)),
                        len(tangencies.src) // 4, sorted({int(i) for i in tangencies.src}),
                        accepted)
+
+
+def _object_ball(rig: _Rig, hulls: Sequence[np.ndarray | None]) -> np.ndarray | None:
+    """`ball_points` (P, 3) standing for the object: centred where the rays through the
+    silhouettes' centroids meet (else where the cameras look), as wide as the silhouettes
+    seen at that distance; None with fewer than two usable silhouettes."""
+    seen = [i for i, h in enumerate(hulls) if h is not None]
+    if len(seen) < 2:
+        return None
+    views = rig.corrected(np.zeros((len(rig.poses), 6)))
+    centroids = np.stack([hulls[i].mean(axis=0) for i in seen])
+    rays = np.einsum("nij,nj->ni", views.rays[seen], _homogeneous(centroids))
+    centre = nearest_point_to_axes(rig.centers[seen], rays)
+    if centre is None:
+        centre = nearest_point_to_axes(rig.centers, rig.poses[:, 2, :3])
+    radii = [np.sqrt(_polygon_area(hulls[i]) / np.pi) * np.linalg.norm(rig.centers[i] - centre)
+             / abs(rig.intrinsics[i, 0, 0]) for i in seen]
+    return ball_points(centre, float(np.median(radii)))
+
+
+def _polygon_area(polygon: np.ndarray) -> float:
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(x @ np.roll(y, -1) - y @ np.roll(x, -1)))
+
+
+def _keeping_the_object(cameras: Sequence[CameraMatrices], corrections: np.ndarray,
+                        points: np.ndarray) -> np.ndarray:
+    """``corrections`` (N, 4, 4) changed so that the corrected cameras put the object
+    (``points`` (P, 3) standing for it) where the given ``cameras`` do: the raw gauge
+    projection removes the similarity in the parameters' own metric, which still lets
+    the tangencies' weak directions (per-view turns and rolls) add up to a shift of the
+    reconstruction of half a pixel (docs/design.md, "Which frame refined cameras keep")."""
+    corrected = [dataclasses.replace(c, world_to_camera=c.world_to_camera @ d)
+                 for c, d in zip(cameras, corrections, strict=True)]
+    kept = keep_reconstruction(cameras, corrected, points)
+    return np.stack([np.linalg.inv(c.world_to_camera) @ k.world_to_camera
+                     for c, k in zip(cameras, kept, strict=True)])
 
 
 def _rms(r: np.ndarray) -> float:

@@ -1,10 +1,8 @@
-"""Similarity transforms between two frames, and how far solved cameras are from true ones.
+"""How far solved cameras are from true ones.
 
-numpy only. A similarity maps a point x to ``scale * rotation @ x + translation``; a
-structure-from-motion solution is defined only up to one, so solved cameras are
-compared with known ones after the similarity that best aligns their centres
-(Umeyama, "Least-squares estimation of transformation parameters between two point
-patterns", PAMI 1991).
+numpy only. A structure-from-motion solution is defined only up to a similarity
+(`backend.core.similarity`, re-exported here), so solved cameras are compared with known
+ones after the similarity that best aligns their centres (`umeyama`).
 """
 
 from __future__ import annotations
@@ -14,75 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.camera import camera_centres
+from ..core.similarity import Similarity, umeyama
 
-
-@dataclass(frozen=True)
-class Similarity:
-    """x -> scale * rotation @ x + translation.
-
-    scale: positive float; rotation: (3, 3) float64, proper (det +1); translation: (3,).
-    """
-
-    scale: float
-    rotation: np.ndarray
-    translation: np.ndarray
-
-    @staticmethod
-    def identity() -> Similarity:
-        return Similarity(1.0, np.eye(3), np.zeros(3))
-
-    def apply(self, points) -> np.ndarray:
-        """Points (..., 3) -> transformed points (..., 3) float64."""
-        points = np.asarray(points, dtype=np.float64)
-        return self.scale * points @ self.rotation.T + self.translation
-
-    def then(self, other: Similarity) -> Similarity:
-        """The similarity that applies ``self`` first, then ``other``."""
-        return Similarity(other.scale * self.scale, other.rotation @ self.rotation,
-                          other.scale * other.rotation @ self.translation + other.translation)
-
-    def camera_pose(self, world_to_camera) -> np.ndarray:
-        """A world -> camera pose (4, 4) re-expressed in the transformed world.
-
-        The camera frame is scaled with the world, which leaves the image unchanged:
-        R' = R @ rotation.T and t' = scale * t - R' @ translation.
-        """
-        pose = np.asarray(world_to_camera, dtype=np.float64)
-        rotation = pose[:3, :3] @ self.rotation.T
-        moved = np.eye(4)
-        moved[:3, :3] = rotation
-        moved[:3, 3] = self.scale * pose[:3, 3] - rotation @ self.translation
-        return moved
-
-
-def umeyama(source, target, with_scale: bool = True) -> Similarity:
-    """The similarity minimising sum |target_i - (s R source_i + t)|^2.
-
-    source, target: (N, 3) corresponding points, N >= 3, not all on one line.
-    with_scale: False fixes s = 1 (a rigid motion).
-    Raises ValueError for mismatched shapes or degenerate points.
-    """
-    source = np.asarray(source, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    if source.ndim != 2 or source.shape[1] != 3 or source.shape != target.shape:
-        raise ValueError(f"umeyama needs two (N, 3) arrays of the same shape, got {source.shape} "
-                         f"and {target.shape}")
-    if len(source) < 3:
-        raise ValueError(f"umeyama needs at least 3 corresponding points, got {len(source)}")
-    mean_s, mean_t = source.mean(axis=0), target.mean(axis=0)
-    centred_s, centred_t = source - mean_s, target - mean_t
-    variance_s = np.mean(np.sum(centred_s**2, axis=1))
-    covariance = centred_t.T @ centred_s / len(source)
-    u, d, vt = np.linalg.svd(covariance)
-    if d[1] <= 1e-12 * max(d[0], 1e-300):
-        raise ValueError("the points lie on one line (or one point): a rotation about that line "
-                         "is undetermined")
-    sign = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[2] = -1.0  # the closest proper rotation, not a reflection
-    rotation = u @ np.diag(sign) @ vt
-    scale = float(np.sum(d * sign) / variance_s) if with_scale else 1.0
-    return Similarity(scale, rotation, mean_t - scale * rotation @ mean_s)
+__all__ = ["PoseErrors", "Similarity", "pose_errors", "rotation_angle_deg", "umeyama"]
 
 
 def rotation_angle_deg(a, b) -> np.ndarray:
