@@ -60,7 +60,7 @@ from scipy.spatial.transform import Rotation
 
 from ..core.camera import CameraMatrices, camera_centres
 from ..core.options import FitError, FitOptions
-from ..core.similarity import keep_reconstruction
+from ..core.similarity import keep_reconstruction, reconstruction_drift
 from ..render.renderer import Cameras, project_points
 from .inputs import Prepared
 from .schedule import finest_scale
@@ -210,6 +210,8 @@ class CameraRefinement:
         self.centers, self.distances = as_tensor(centers), as_tensor(distances)
         self.gauge = as_tensor(gauge_basis(centers, distances, perspective))
         self.raw = torch.zeros(len(cameras), 6, dtype=dtype, device=device, requires_grad=True)
+        # after the fit, the similarity `keep_reconstruction` carries the cameras by
+        self.carried = torch.eye(4, dtype=dtype, device=device).repeat(len(cameras), 1, 1)
         self.log_focal = torch.zeros(1, dtype=dtype, device=device,
                                      requires_grad=options.refine_focal)
         params = [self.raw] + ([self.log_focal] if options.refine_focal else [])
@@ -230,7 +232,7 @@ class CameraRefinement:
         """The corrections D (N, 4, 4) of every refined view, differentiable, of the raw
         parameters ``raw`` (N, 6) (default: the optimised ones)."""
         rotation, shift = self.corrections(raw)
-        return correction_matrices(rotation, shift, self.centers)
+        return correction_matrices(rotation, shift, self.centers) @ self.carried
 
     def apply(self, cameras: Cameras, views: Sequence[int],
               raw: torch.Tensor | None = None) -> Cameras:
@@ -295,6 +297,31 @@ class CameraRefinement:
         cams = group.cameras
         return dataclasses.replace(group, cameras=Cameras(
             intrinsics, pose, cams.orthographic, cams.width, cams.height, list(cams.names)))
+
+    def keep_reconstruction(self, vertices: torch.Tensor) -> torch.Tensor:
+        """After the fit: move the corrected cameras and the fitted mesh ``vertices`` (V, 3,
+        normalised frame) together by the one similarity no image shows, the one that puts
+        the mesh where the cameras as given put what the corrected ones see
+        (`backend.core.similarity.reconstruction_drift`). The gauge projection keeps the
+        corrections' mean in their own metric, through which the directions the images
+        barely see (per-view turns and rolls) still shift, turn and scale the
+        reconstruction by up to half a pixel. Returns the moved vertices (V, 3)."""
+        with torch.no_grad():
+            total = (torch.as_tensor(self.base, dtype=self.raw.dtype, device=self.raw.device)
+                     @ self.matrices()).double().cpu().numpy()
+            focal = float(torch.exp(self.log_focal))
+        corrected = [dataclasses.replace(g, intrinsics=_focal_scaled(g.intrinsics, focal),
+                                         world_to_camera=g.world_to_camera @ t)
+                     for g, t in zip(self.given, total, strict=True)]
+        points = vertices.detach().double().cpu().numpy()
+        sample = points[:: max(1, len(points) // 2000)]
+        drift = reconstruction_drift(corrected, self.given, sample)
+        carried = np.stack([np.linalg.inv(c.world_to_camera)
+                            @ drift.camera_pose(c.world_to_camera) for c in corrected])
+        with torch.no_grad():
+            self.carried = self.carried @ torch.as_tensor(carried, dtype=self.carried.dtype,
+                                                          device=self.carried.device)
+        return torch.as_tensor(drift.apply(points), dtype=vertices.dtype, device=vertices.device)
 
     def report(self, vertices: torch.Tensor, to_world: np.ndarray) -> list[ViewCorrection]:
         """Each refined view's correction from its camera as given (the tangency solve's
@@ -386,6 +413,13 @@ def reprojection_px(vertices: torch.Tensor, cameras: Sequence[CameraMatrices],
     return np.asarray(out)
 
 
+def _focal_scaled(intrinsics: np.ndarray, scale: float) -> np.ndarray:
+    """K (3, 3) with fx, fy and the skew times ``scale``, as `corrected_cameras` does."""
+    out = np.array(intrinsics, dtype=np.float64)
+    out[:2, :2] *= scale
+    return out
+
+
 def world_correction(correction: np.ndarray, to_world: np.ndarray) -> np.ndarray:
     """The (4, 4) M with ``matrix_world' = M @ matrix_world`` for a Blender camera, from
     a normalised-frame correction D (4, 4) and the frame's normalised -> world matrix.
@@ -401,9 +435,8 @@ def apply_to_pose(camera: CameraMatrices, correction: ViewCorrection) -> CameraM
     """``camera`` (world units) with a reported correction applied: the pose through
     ``world_correction`` and fx, fy times ``focal_scale``."""
     pose = camera.world_to_camera @ np.linalg.inv(correction.world_correction)
-    k = camera.intrinsics.copy()
-    k[:2, :2] *= correction.focal_scale
-    return CameraMatrices(k, pose, camera.width, camera.height, camera.orthographic)
+    return CameraMatrices(_focal_scaled(camera.intrinsics, correction.focal_scale), pose,
+                          camera.width, camera.height, camera.orthographic)
 
 
 def miscalibrated(cameras: Sequence[CameraMatrices], points: np.ndarray, degrees: float,

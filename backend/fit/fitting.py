@@ -145,9 +145,12 @@ def fit(
         messages.append(polished)
     t_opt = time.perf_counter()
 
+    corrections = []
+    if refinement is not None:  # the mesh where the cameras as given put it (the gauge)
+        run = dataclasses.replace(run, last_good=dataclasses.replace(
+            run.last_good, vertices=refinement.keep_reconstruction(run.last_good.vertices)))
     final = run.last_good
     final_faces = torch.as_tensor(final.faces, dtype=torch.long, device=device)
-    corrections = []
     if refinement is not None:  # the fitted views are measured through their refined cameras
         full_fit = [refinement.corrected(group) for group in full_fit]
         corrections = refinement.report(final.vertices, frame.to_world_matrix())
