@@ -37,15 +37,19 @@ the loop, `backend.fit.joint_polish` (``polish_steps``, off by default) can take
 Levenberg-Marquardt steps on the mesh and the corrections together, at the finest
 level with the topology fixed.
 
-What it reaches (docs/benchmarks.md, "Cameras from epipolar tangencies"): a 1.5
-degree / 2% miscalibration of 24 Cycles views at 128 px ends within 0.014 held-out IoU
-of exact cameras (0.041-0.050 with the joint fit alone), and 100 views at 800 px match
-exact cameras. What is left at 24 views lies in directions the silhouettes barely see
-(a turn and the sideways move that keeps the object in place differ only by parallax;
-a roll on a ring rig), which the mesh bends to explain. A focal error common to all
-views is nearly a scale of the scene, hence nearly a gauge direction: the shared focal
-scale is for views that disagree, and does not recover a common error from the
-silhouettes of a compact object.
+Which frame: the gauge projection fixes the corrections' mean in their own metric,
+through which the directions the silhouettes barely see (a turn and the sideways move
+that keeps the object in place; a roll on a ring rig) still shift the reconstruction by
+up to half a pixel. After the fit, `CameraRefinement.keep_reconstruction` moves the
+cameras and the mesh together by the similarity that puts the mesh where the cameras as
+given put it (`backend.core.similarity`; docs/design.md, "Which frame refined cameras
+keep").
+
+What it reaches (docs/benchmarks.md, "Which frame refined cameras keep"): a 1.5 degree /
+2% miscalibration of 24 Cycles views at 128 px ends within 0.0016-0.0048 held-out IoU
+of exact cameras. A focal error common to all views is nearly a scale of the scene,
+hence nearly a gauge direction: the shared focal scale is for views that disagree, and
+does not recover a common error from the silhouettes of a compact object.
 """
 
 from __future__ import annotations
