@@ -452,38 +452,29 @@ def test_apply_refined_cameras_moves_each_camera_once_and_skips_flagged_ones(add
 # --- end to end: Cycles targets, miscalibrated cameras -----------------------------------
 
 
-def _look_at_point(views) -> np.ndarray:
-    """The point nearest every fitting camera's optical axis (the rig's target)."""
-    a, b = np.zeros((3, 3)), np.zeros(3)
-    for v in views:
-        r, t = v.camera.world_to_camera[:3, :3], v.camera.world_to_camera[:3, 3]
-        center, axis = -r.T @ t, r[2]
-        projector = np.eye(3) - np.outer(axis, axis)
-        a += projector
-        b += projector @ center
-    return np.linalg.solve(a, b)
-
-
 @pytest.mark.slow
 @pytest.mark.blender
 def test_refinement_recovers_most_of_the_held_out_iou_of_exact_cameras():
-    """Fitting cameras turned 1.5 degrees and moved 2% of their distance: the held-out
-    IoU drops; refinement (the tangency solve, then the joint fit) wins back most of it.
+    """Fitting cameras turned 1.5 degrees and moved 2% of their distance (their common part
+    removed: they put the torus where the true cameras do): the held-out IoU drops;
+    refinement (the tangency solve, the joint fit, the mesh kept where the given cameras
+    put it) wins it back to within issue 11's 0.005 of the exact cameras' fit.
 
-    Issue 11 asks for within 0.005 of the exact cameras' fit. Measured (this scene,
-    default options, 2-core CPU): exact 0.9683, miscalibrated 0.7698, refined 0.9595
-    (95% of the drop; 0.943-0.955 before the tangency solve). The assertion is what is
-    reached with a margin (at least 90% of the drop recovered), not the issue's target:
-    the rest lies in camera motions the silhouettes barely see, which the mesh bends to
-    explain (docs/benchmarks.md, "Cameras from epipolar tangencies").
+    Measured (this scene: 12 views of 96 px; default options, 2-core CPU): exact 0.9692,
+    miscalibrated 0.8500, refined 0.9668 (0.9595 before the fit kept the given cameras'
+    frame; the 24-view benchmark: docs/benchmarks.md, "Which frame refined cameras keep").
     """
     pytest.importorskip("bpy")
     from fit_targets import cycles_views
 
+    from devtools import cycles_render, fit_targets
+
     views = cycles_views("torus")
+    _, torus = fit_targets.build_target("torus")
+    true_vertices, _ = cycles_render.mesh_arrays(torus)
     train = [v for v in views if not v.held_out]
-    moved = iter(miscalibrated([v.camera for v in train], ball_points(_look_at_point(train), 1.0),
-                               1.5, 0.02, np.random.default_rng(1)))
+    moved = iter(miscalibrated([v.camera for v in train], true_vertices, 1.5, 0.02,
+                               np.random.default_rng(1)))
     bad = [v if v.held_out else dataclasses.replace(v, camera=next(moved)) for v in views]
     options = FitOptions(device="cpu")
 
@@ -499,6 +490,7 @@ def test_refinement_recovers_most_of_the_held_out_iou_of_exact_cameras():
           f"refined {refined:.4f}")
     assert miscalibrated_iou < exact - 0.02
     assert refined > miscalibrated_iou + 0.9 * (exact - miscalibrated_iou)
+    assert refined > exact - 0.005
     assert not any(c.flagged for c in result.camera_corrections)
 
 

@@ -302,14 +302,15 @@ class CameraRefinement:
         return dataclasses.replace(group, cameras=Cameras(
             intrinsics, pose, cams.orthographic, cams.width, cams.height, list(cams.names)))
 
-    def keep_reconstruction(self, vertices: torch.Tensor) -> torch.Tensor:
+    def keep_reconstruction(self, vertices: torch.Tensor) -> tuple[torch.Tensor, str]:
         """After the fit: move the corrected cameras and the fitted mesh ``vertices`` (V, 3,
         normalised frame) together by the one similarity no image shows, the one that puts
         the mesh where the cameras as given put what the corrected ones see
         (`backend.core.similarity.reconstruction_drift`). The gauge projection keeps the
         corrections' mean in their own metric, through which the directions the images
         barely see (per-view turns and rolls) still shift, turn and scale the
-        reconstruction by up to half a pixel. Returns the moved vertices (V, 3)."""
+        reconstruction by up to half a pixel. Returns the moved vertices (V, 3) and what
+        the report says of the move."""
         with torch.no_grad():
             total = (torch.as_tensor(self.base, dtype=self.raw.dtype, device=self.raw.device)
                      @ self.matrices()).double().cpu().numpy()
@@ -325,7 +326,14 @@ class CameraRefinement:
         with torch.no_grad():
             self.carried = self.carried @ torch.as_tensor(carried, dtype=self.carried.dtype,
                                                           device=self.carried.device)
-        return torch.as_tensor(drift.apply(points), dtype=vertices.dtype, device=vertices.device)
+        moved = torch.as_tensor(drift.apply(points), dtype=vertices.dtype, device=vertices.device)
+        turn = np.degrees(np.linalg.norm(Rotation.from_matrix(drift.rotation).as_rotvec()))
+        size = float(np.linalg.norm(np.ptp(points, axis=0)))
+        shift = np.linalg.norm(drift.apply(points.mean(axis=0)) - points.mean(axis=0)) / size
+        return moved, (f"the refined cameras and the mesh moved together by {turn:.2f} degrees, "
+                       f"{100 * (drift.scale - 1):+.2f}% in scale and {100 * shift:.2f}% of "
+                       "the mesh's size (a motion no image shows) so that the mesh sits where "
+                       "the cameras as given put it")
 
     def report(self, vertices: torch.Tensor, to_world: np.ndarray) -> list[ViewCorrection]:
         """Each refined view's correction from its camera as given (the tangency solve's

@@ -147,8 +147,10 @@ def fit(
 
     corrections = []
     if refinement is not None:  # the mesh where the cameras as given put it (the gauge)
-        run = dataclasses.replace(run, last_good=dataclasses.replace(
-            run.last_good, vertices=refinement.keep_reconstruction(run.last_good.vertices)))
+        kept, carried = refinement.keep_reconstruction(run.last_good.vertices)
+        run = dataclasses.replace(run, last_good=dataclasses.replace(run.last_good,
+                                                                     vertices=kept))
+        messages.append(carried)
     final = run.last_good
     final_faces = torch.as_tensor(final.faces, dtype=torch.long, device=device)
     if refinement is not None:  # the fitted views are measured through their refined cameras
