@@ -22,7 +22,10 @@ in scene units), ``world_to_camera' = world_to_camera @ D(w, t)``, with the 7 (f
 perspective cameras) similarity modes projected out, about the point the cameras look
 at. Solved by Gauss-Newton with Levenberg-Marquardt damping and Huber weights; the
 tangent points are chosen again at every step (they slide along the contour as the
-epipoles move).
+epipoles move). Last, the corrected cameras are moved together by the similarity that
+puts a ball standing for the object back where the given cameras put it
+(`backend.core.similarity.keep_reconstruction`): the projection alone keeps the
+corrections' mean in their own metric, not the object's place.
 """
 
 from __future__ import annotations
