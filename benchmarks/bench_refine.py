@@ -10,8 +10,8 @@ held-out views (alpha = silhouette). The fitting cameras are then miscalibrated:
 turned by ``--degrees`` about its centre and moved by ``--fraction`` of its distance to
 the object, in random directions with the part common to all cameras (a similarity,
 which no image can reveal) removed, so that the moved cameras put the true mesh where
-the true cameras do (`camera_refine.miscalibrated`); the held-out cameras stay exact. Three fits from the visual hull, default options (``--set``
-overrides them):
+the true cameras do (`camera_refine.miscalibrated`); the held-out cameras stay exact.
+Three fits from the visual hull, default options (``--set`` overrides them):
 
 - exact: the true cameras;
 - miscalibrated: the moved cameras, no refinement;

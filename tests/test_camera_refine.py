@@ -16,7 +16,7 @@ from fit_scenes import box, cameras, views_of
 from scipy.spatial.transform import Rotation
 
 from backend.core import messages
-from backend.core.camera import blender_camera, look_at, world_to_camera
+from backend.core.camera import blender_camera, look_at, orbit_cameras, world_to_camera
 from backend.core.similarity import (
     ball_points,
     keep_reconstruction,
@@ -252,6 +252,30 @@ def test_a_refined_fit_reports_every_training_view_and_the_done_message_carries_
     assert np.asarray(done["camera_corrections"][0]["world_correction"]).shape == (4, 4)
     plain = fit(box_views, None, None, dataclasses.replace(options, refine_cameras=False))
     assert plain.camera_corrections == [] and "camera" not in plain.loss_history[-1]
+
+
+def test_a_refined_fit_of_orthographic_views_keeps_the_mesh_where_the_given_cameras_put_it():
+    """Orthographic views have no epipoles (no tangency solve) and see the scale: the
+    fit's frame carry is a rigid motion that leaves the mesh where the given cameras put
+    what the refined ones see."""
+    v, f = box((0.7, 0.5, 0.4))
+    ortho = [blender_camera(matrix_world=m, resolution_x=48, resolution_y=48,
+                            camera_type="ORTHO", ortho_scale=2.0)
+             for m in orbit_cameras(6, [-25.0, 30.0], 5.0)]
+    given = miscalibrated(ortho, v, 1.0, 0.01, np.random.default_rng(4))
+    views = [dataclasses.replace(view, camera=c)
+             for view, c in zip(views_of(v, f, ortho), given, strict=True)]
+    result = fit(views, None, None, FitOptions(iterations=30, views_per_step=4,
+                                                refine_cameras=True, device="cpu"))
+    assert result.status == "done", result.message
+    assert "orthographic views have no epipoles" in result.message
+    assert "the refined cameras and the mesh moved together" in result.message
+    refined = [apply_to_pose(c, r) for c, r in zip(given, result.camera_corrections,
+                                                   strict=True)]
+    drift = reconstruction_drift(refined, given, result.vertices)
+    assert drift.scale == 1.0
+    np.testing.assert_allclose(drift.rotation, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(drift.translation, np.zeros(3), atol=1e-6)
 
 
 @pytest.mark.gpu
