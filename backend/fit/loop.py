@@ -285,11 +285,15 @@ def _unseen_area(state: MeshState, groups: list[ViewGroup]) -> torch.Tensor:
     40x stronger at 48 px than at 320 px, and collapsed a thin object)."""
     poses = torch.cat([g.cameras.world_to_camera for g in groups])
     orthographic = torch.cat([g.cameras.orthographic for g in groups])
+    centres = -torch.linalg.solve(poses[:, :3, :3], poses[:, :3, 3:])[..., 0]
     forward = poses[:, 2, :3] / poses[:, 2, :3].norm(dim=1, keepdim=True)
     directions = torch.where(orthographic[:, None], forward, torch.zeros_like(forward))
-    centres = torch.cat([g.centres for g in groups])
     weights = losses.face_on_weights(state.vertices(), state.faces, centres, directions)
-    pixel = torch.cat([g.pixel_size for g in groups]).mean()
+    focal = torch.cat([g.cameras.intrinsics[:, 0, 0] for g in groups]).abs()
+    # a pixel's size at the object (the normalised frame's origin): distance / focal; for
+    # an orthographic view 1 / (focal x the pose's scale, the norm of a rotation row)
+    depth = torch.where(orthographic, 1.0 / poses[:, 0, :3].norm(dim=1), centres.norm(dim=1))
+    pixel = float((depth / focal).mean())
     return losses.unseen_area_loss(state.shape(), state.faces, weights) / pixel ** 2
 
 

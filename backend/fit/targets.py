@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.camera import CameraMatrices, camera_centres
 from ..render.renderer import Cameras
 from .inputs import Prepared
 
@@ -57,10 +56,6 @@ class ViewGroup:
     cameras: Cameras  # normalised-frame cameras at this level
     alpha: torch.Tensor  # (B, h, w)
     rgb: torch.Tensor | None  # (B, h, w, 3)
-    centres: torch.Tensor | None = None  # (B, 3) the cameras' centres
-    # (B,) the size of one of this level's pixels at the frame's origin: distance / focal;
-    # for an orthographic view 1 / (focal x the pose's scale, a rotation row's norm)
-    pixel_size: torch.Tensor | None = None
 
 
 def view_groups(prep: Prepared, indices: list[int], scale: float, frame: Frame,
@@ -87,22 +82,9 @@ def view_groups(prep: Prepared, indices: list[int], scale: float, frame: Frame,
         cams = Cameras.from_matrices(mats, dtype=dtype, device=device)
         images = torch.stack([_resized(prep.views[i].image, w, h, with_rgb, dtype, device,
                                        covering_alpha) for i in idx])
-        centres, pixel_size = _centres_and_pixel_sizes(mats)
-        as_tensor = lambda a: torch.as_tensor(a, dtype=dtype, device=device)  # noqa: E731
         out.append(ViewGroup(idx, cams, images[..., 3].contiguous() if with_rgb else images,
-                             images[..., :3].contiguous() if with_rgb else None,
-                             as_tensor(centres), as_tensor(pixel_size)))
+                             images[..., :3].contiguous() if with_rgb else None))
     return out
-
-
-def _centres_and_pixel_sizes(cameras: list[CameraMatrices]) -> tuple[np.ndarray, np.ndarray]:
-    """(centres (B, 3), pixel sizes (B,)) of normalised-frame cameras (`ViewGroup`)."""
-    poses = np.stack([c.world_to_camera for c in cameras])
-    centres = camera_centres(poses)
-    orthographic = np.array([c.orthographic for c in cameras])
-    depth = np.where(orthographic, 1.0 / np.linalg.norm(poses[:, 0, :3], axis=1),
-                     np.linalg.norm(centres, axis=1))
-    return centres, depth / np.abs([c.intrinsics[0, 0] for c in cameras])
 
 
 def _resized(image: np.ndarray, w: int, h: int, with_rgb: bool, dtype, device,
