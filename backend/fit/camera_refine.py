@@ -196,8 +196,7 @@ class CameraRefinement:
         self.given = [dataclasses.replace(c, world_to_camera=c.world_to_camera @ np.linalg.inv(b))
                       for c, b in zip(cameras, self.base, strict=True)]
         pose = np.stack([c.world_to_camera for c in cameras])
-        # not R^T: the normalised frame's world_to_camera has a scaled rotation part
-        centers = -np.linalg.solve(pose[:, :3, :3], pose[:, :3, 3:])[..., 0]
+        centers = camera_centres(pose)  # a solve: the normalised frame's rotations are scaled
         distances = np.linalg.norm(centers, axis=1)
         if np.any(distances < 1e-6):
             raise FitError("a camera sits at the object's centre: its pose cannot be refined")

@@ -146,17 +146,17 @@ def fit(
     t_opt = time.perf_counter()
 
     corrections = []
-    if refinement is not None:  # the mesh where the cameras as given put it (the gauge)
+    if refinement is not None:
+        # the mesh where the cameras as given put it (the gauge), then the fitted views
+        # measured through their refined cameras
         kept, carried = refinement.keep_reconstruction(run.last_good.vertices)
         run = dataclasses.replace(run, last_good=dataclasses.replace(run.last_good,
                                                                      vertices=kept))
-        messages.append(carried)
+        full_fit = [refinement.corrected(group) for group in full_fit]
+        corrections = refinement.report(kept, frame.to_world_matrix())
+        messages += [carried] + correction_messages(corrections)
     final = run.last_good
     final_faces = torch.as_tensor(final.faces, dtype=torch.long, device=device)
-    if refinement is not None:  # the fitted views are measured through their refined cameras
-        full_fit = [refinement.corrected(group) for group in full_fit]
-        corrections = refinement.report(final.vertices, frame.to_world_matrix())
-        messages += correction_messages(corrections)
     fit_iou = evaluate(final.vertices, final_faces, full_fit, settings)
     heldout_iou = {}
     if prep.heldout_idx:

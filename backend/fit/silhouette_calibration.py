@@ -172,8 +172,7 @@ class _Rig:
         """The cameras moved by raw parameters (N, 6)."""
         poses = self.poses @ self.corrections(raw)
         rotation = poses[:, :3, :3]
-        centers = -np.linalg.solve(rotation, poses[:, :3, 3:])[..., 0]
-        return _Views(self.intrinsics @ poses[:, :3, :], centers,
+        return _Views(self.intrinsics @ poses[:, :3, :], camera_centres(poses),
                       np.linalg.inv(self.intrinsics @ rotation))
 
 
